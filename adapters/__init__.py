@@ -1,0 +1,8 @@
+"""``optbridge.adapters``: external optimizers and solvers as chain modules.
+
+Installed as ``optbridge.adapters`` (package-dir mapping in pyproject.toml). The adapters for
+torch.optim / pytorch-optimizer, Optax, SciPy, NLopt and Nevergrad are tracked in their own
+issue; this package is importable with torch alone and imports no optional framework.
+"""
+
+__all__: list[str] = []

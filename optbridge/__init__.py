@@ -1,0 +1,35 @@
+"""optbridge: every optimizer behind one API.
+
+``optbridge.Modular(params, *modules)`` is a ``torch.optim.Optimizer`` made of chained modules
+(``optbridge.m``). Closures follow ``closure(backward=True)``: with ``backward=False`` they only
+return the loss, which is what derivative-free modules use.
+"""
+
+from . import m
+from .core import (
+    Borrowed,
+    Chain,
+    ClosureError,
+    EvalCounts,
+    Modular,
+    Module,
+    Part,
+    StepContext,
+    Transform,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Borrowed",
+    "Chain",
+    "ClosureError",
+    "EvalCounts",
+    "Modular",
+    "Module",
+    "Part",
+    "StepContext",
+    "Transform",
+    "m",
+    "__version__",
+]

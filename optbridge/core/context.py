@@ -1,0 +1,254 @@
+"""The per-step context that flows through a chain of modules.
+
+A :class:`StepContext` holds, for one ``Modular.step``:
+
+- ``params``: the parameters taking part in this step (real views of complex parameters, so
+  elementwise formulas match torch.optim's ``view_as_real`` treatment); ``keys`` are the user's
+  tensors, used to key state.
+- ``grads``: evaluated lazily (at most once per point) through the counted closure.
+- ``update``: the direction that will be *subtracted* from the parameters. It starts as the
+  gradients (borrowed, never written to) and each module replaces or modifies it.
+- ``closure``: the counted closure; a module may replace it for the modules after it.
+
+Ownership of the update: a module may write into ``update`` in place only when the context owns
+it (``mutable_update()`` copies a borrowed update first). A module that hands out one of its
+state buffers as the update assigns it with ``ctx.update = buf`` (borrowed), so later in-place
+writes copy it instead of corrupting the state. ``set_update(new, owned=True)`` is for freshly
+allocated tensors.
+
+A pending scalar factor (``scale_update``) lets step-size modules avoid a pass over memory: it is
+folded into the final ``params -= scale * update`` and materialised only if a later module reads
+the update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import foreach as fe
+
+
+class StepContext:
+    """State of one optimizer step as it flows through the chain (see module docstring)."""
+
+    __slots__ = (
+        "optimizer",
+        "params",
+        "keys",
+        "spans",
+        "closure",
+        "loss",
+        "_grads",
+        "_update",
+        "_owned",
+        "_scale",
+        "_den",
+        "skip_update",
+        "module",
+        "step_index",
+        "extra",
+        "parent",
+    )
+
+    def __init__(self, optimizer, params, keys, spans, closure, step_index: int):
+        self.optimizer = optimizer
+        self.params: list[torch.Tensor] = params
+        self.keys: list[torch.Tensor] = keys
+        self.spans: list = spans  # [(group_dict, start, stop)] over params
+        self.closure = closure
+        self.loss = None  # loss at the starting point, once evaluated
+        self._grads = None
+        self._update = None
+        self._owned = False
+        self._scale = None
+        self._den = None  # pending denominator: update = _update / _den (then * _scale)
+        self.skip_update = False  # a module already moved the parameters
+        self.module = None  # module currently running (for error messages)
+        self.step_index = step_index
+        self.extra: dict = {}  # scratch space modules may share within a step
+        self.parent = None
+
+    # ----------------------------------------------------------------------------- evaluation
+    def owner_name(self) -> str:
+        return type(self.module).__name__ if self.module is not None else "Modular.step"
+
+    def require_closure(self, why: str = "") -> None:
+        if self.closure is None:
+            from .closure import ClosureError
+
+            raise ClosureError(
+                f"{self.owner_name()}: requires a closure passed to step(closure)"
+                + (f" ({why})" if why else "")
+            )
+
+    def evaluate(self, backward: bool = True):
+        """Evaluate the closure at the current parameters; with ``backward`` refresh ``grads``."""
+        self.require_closure()
+        loss = self.closure(backward)
+        if backward:
+            self._grads = self._read_grads()
+        return loss
+
+    def get_loss(self):
+        """Loss at the starting point (evaluated loss-only once if nobody evaluated it yet)."""
+        if self.loss is None:
+            self.loss = self.evaluate(backward=False)
+        return self.loss
+
+    def _read_grads(self):
+        grads = []
+        for p, k in zip(self.params, self.keys):
+            g = k.grad
+            if g is None:
+                g = torch.zeros_like(p)
+            elif p is not k:  # complex parameter: real view of its grad
+                g = torch.view_as_real(g)
+            grads.append(g)
+        return grads
+
+    @property
+    def grads(self) -> list[torch.Tensor]:
+        if self._grads is None:
+            if self.closure is not None:
+                self.loss = self.evaluate(backward=True)
+            else:
+                self._grads = self._read_grads()
+        return self._grads
+
+    @grads.setter
+    def grads(self, value):
+        self._grads = list(value)
+
+    # ----------------------------------------------------------------------------- the update
+    @property
+    def update(self) -> list[torch.Tensor]:
+        if self._update is None:
+            self._update = self.grads
+            self._owned = False
+        if self._den is not None:
+            self._materialize_ratio()
+        if self._scale is not None:
+            self._materialize_scale()
+        return self._update
+
+    @update.setter
+    def update(self, value):
+        """Assign a borrowed update (a state buffer or someone else's tensors)."""
+        self._update = value if isinstance(value, list) else list(value)
+        self._owned = False
+        self._scale = self._den = None
+
+    def set_update(self, value, owned: bool = True) -> None:
+        """Assign the update; ``owned=True`` for tensors allocated by the caller for this step."""
+        self._update = value if isinstance(value, list) else list(value)
+        self._owned = owned
+        self._scale = self._den = None
+
+    def set_update_ratio(self, numerator, denominator) -> None:
+        """Set ``update = numerator / denominator`` lazily.
+
+        ``denominator`` must be owned (allocated for this step); ``numerator`` may be a state
+        buffer. When nothing reads the update before it is applied, the division happens inside
+        one ``addcdiv_`` on the parameters, as torch.optim's Adam does.
+        """
+        self._update = numerator if isinstance(numerator, list) else list(numerator)
+        self._den = denominator if isinstance(denominator, list) else list(denominator)
+        self._owned = False
+        self._scale = None
+
+    def _materialize_ratio(self):
+        num, den, self._den = self._update, self._den, None
+        torch._foreach_reciprocal_(den)
+        torch._foreach_mul_(den, num)
+        self._update, self._owned = den, True
+
+    @property
+    def update_is_owned(self) -> bool:
+        return self._owned
+
+    def mutable_update(self) -> list[torch.Tensor]:
+        """The update, copied first if it is borrowed, safe to modify in place."""
+        u = self.update
+        if not self._owned:
+            u = torch._foreach_mul(u, 1.0) if u else []
+            self._update, self._owned = u, True
+        return u
+
+    def scale_update(self, factor) -> None:
+        """Multiply the update by ``factor`` (a number or one per parameter), lazily."""
+        if self._update is None:
+            self._update = self.grads
+            self._owned = False
+        if self._scale is None:
+            self._scale = factor
+        elif fe.is_list(self._scale) or fe.is_list(factor):
+            a = self._scale if fe.is_list(self._scale) else [self._scale] * len(self.params)
+            b = factor if fe.is_list(factor) else [factor] * len(self.params)
+            self._scale = [x * y for x, y in zip(a, b)]
+        else:
+            self._scale = self._scale * factor
+
+    def _materialize_scale(self):
+        scale, self._scale = self._scale, None
+        if self._owned:
+            torch._foreach_mul_(self._update, scale)
+        else:
+            self._update = torch._foreach_mul(self._update, scale)
+            self._owned = True
+
+    def apply_update(self) -> None:
+        """``params -= scale * update`` in place."""
+        if self.skip_update or not self.params:
+            return
+        if self._update is None:
+            self._update = self.grads
+        u, scale = self._update, self._scale
+        if self._den is not None:
+            neg = -1.0 if scale is None else fe.scalar_map(lambda x: -x, scale)
+            torch._foreach_addcdiv_(self.params, u, self._den, neg)
+            return
+        if scale is None:
+            torch._foreach_sub_(self.params, u)
+        elif fe.is_list(scale):
+            fe.add_scaled_(self.params, u, [-s for s in scale])
+        else:
+            torch._foreach_add_(self.params, u, alpha=-scale)
+
+    # ----------------------------------------------------------------------------- sub-chains
+    def fork(self, update=None) -> StepContext:
+        """A child context sharing params, grads, loss and closure, with its own update.
+
+        ``update`` (default: this context's update) is handed to the child borrowed, so the child
+        cannot modify the parent's tensors in place.
+        """
+        child = StepContext.__new__(StepContext)
+        child.optimizer, child.params, child.keys = self.optimizer, self.params, self.keys
+        child.spans, child.closure, child.loss = self.spans, self.closure, self.loss
+        child._grads = self._grads
+        child._update = self.update if update is None else list(update)
+        child._owned, child._scale, child._den = False, None, None
+        child.skip_update, child.module = False, self.module
+        child.step_index, child.extra, child.parent = self.step_index, self.extra, self
+        return child
+
+    def merge_evaluations(self, child: StepContext) -> None:
+        """Take over the loss and gradients a child evaluated at the starting point."""
+        if self.loss is None:
+            self.loss = child.loss
+        if self._grads is None:
+            self._grads = child._grads
+
+    # ----------------------------------------------------------------------------- settings
+    def group_values(self, key: str, default):
+        """Per-span values of ``key``: group override if present, else ``default``."""
+        return [g[key] if key in g else default for g, _, _ in self.spans]
+
+    def per_param(self, values: list):
+        """Expand per-span values to a number (all equal) or a per-parameter list."""
+        first = values[0] if values else None
+        if all(v == first for v in values):
+            return first
+        out = []
+        for v, (_, a, b) in zip(values, self.spans):
+            out.extend([v] * (b - a))
+        return out

@@ -1,0 +1,81 @@
+"""Multi-tensor helpers where a scalar may also be a list of per-parameter scalars.
+
+Modules receive per-parameter settings either as one number (every parameter agrees, the common
+case) or as a list (param groups disagree). ``torch._foreach_*`` accepts both for most ops; these
+helpers cover the ones where it does not (``alpha=``) and name the recurring formulas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+TensorList = list[torch.Tensor]
+Scalar = "float | Sequence[float]"
+
+
+def is_list(x) -> bool:
+    return isinstance(x, (list, tuple))
+
+
+def uniform(values: Sequence):
+    """``values[0]`` when all entries are equal, else ``list(values)``."""
+    first = values[0]
+    for v in values:
+        if v != first:
+            return list(values)
+    return first
+
+
+def scalar_map(fn, s):
+    """Apply ``fn`` to a scalar or elementwise to a list of scalars."""
+    return [fn(v) for v in s] if is_list(s) else fn(s)
+
+
+def add_scaled_(tensors: TensorList, others: TensorList, alpha) -> None:
+    """``tensors += alpha * others`` in place."""
+    if is_list(alpha):
+        for t, o, a in zip(tensors, others, alpha):
+            t.add_(o, alpha=a)
+    else:
+        torch._foreach_add_(tensors, others, alpha=alpha)
+
+
+def add_scaled(tensors: TensorList, others: TensorList, alpha) -> TensorList:
+    """``tensors + alpha * others`` (new tensors)."""
+    if is_list(alpha):
+        return [t.add(o, alpha=a) for t, o, a in zip(tensors, others, alpha)]
+    return torch._foreach_add(tensors, others, alpha=alpha)
+
+
+def ema_(buffers: TensorList, values: TensorList, beta) -> None:
+    """``buffers = beta * buffers + (1 - beta) * values`` (as torch.optim: ``lerp_``)."""
+    torch._foreach_lerp_(buffers, values, scalar_map(lambda b: 1 - b, beta))
+
+
+def ema_sq_(buffers: TensorList, values: TensorList, beta) -> None:
+    """``buffers = beta * buffers + (1 - beta) * values**2`` (torch.optim's ``mul_``/``addcmul_``)."""
+    torch._foreach_mul_(buffers, beta)
+    torch._foreach_addcmul_(buffers, values, values, scalar_map(lambda b: 1 - b, beta))
+
+
+def global_norm(tensors: TensorList, ord: float = 2.0) -> torch.Tensor:
+    """Norm of all tensors concatenated, as ``torch.nn.utils.clip_grad_norm_`` computes it."""
+    if len(tensors) == 0:
+        return torch.tensor(0.0)
+    norms = torch._foreach_norm(tensors, ord)
+    if ord == float("inf"):
+        return torch.stack(norms).max()
+    return torch.linalg.vector_norm(torch.stack(norms), ord)
+
+
+def dot(a: TensorList, b: TensorList) -> torch.Tensor:
+    """Sum of elementwise products over all tensors (real part for complex views)."""
+    if len(a) == 0:
+        return torch.tensor(0.0)
+    return torch.stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]).sum()
+
+
+def numel(tensors: TensorList) -> int:
+    return sum(t.numel() for t in tensors)

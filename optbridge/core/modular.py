@@ -1,0 +1,337 @@
+"""``Modular``: a chain of modules as a ``torch.optim.Optimizer``.
+
+``Modular(params, *modules)`` runs the modules in order on each step and subtracts the final
+update from the parameters in place.
+
+Param groups may override any module hyperparameter by name; the override reaches only modules
+that declare that name, and a name no module declares is an error.
+
+Learning rate: ``group["lr"]`` is the ``lr`` of every module that declares ``lr`` (``LR`` and
+friends), so every ``torch.optim.lr_scheduler`` works. Without a group value, ``lr`` defaults to
+the chain's ``LR`` default. In a chain where no module declares ``lr``, the group's ``lr``
+(default 1.0) multiplies the final update, so a scheduler still scales the steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from itertools import chain as _chain
+
+import torch
+
+from .closure import CountedClosure, EvalCounts
+from .context import StepContext
+from .module import Chain, Module, as_module
+
+#: keys torch and its schedulers put in param groups; never module hyperparameters
+_TORCH_GROUP_KEYS = frozenset(
+    {"params", "lr", "initial_lr", "param_names", "max_lr", "min_lr", "base_lr", "swa_lr"}
+)
+
+
+class Modular(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` made of chained modules.
+
+    Args:
+        params: parameters or param groups, as for any torch optimizer. A group may set any
+            hyperparameter declared by a module of the chain.
+        *modules: module instances; a list is a sub-chain.
+
+    Attributes:
+        evals: :class:`~optbridge.core.closure.EvalCounts`, closure evaluations so far.
+        num_steps: completed ``step()`` calls.
+    """
+
+    def __init__(self, params, *modules):
+        if not modules:
+            raise ValueError("Modular: needs at least one module")
+        for i, m in enumerate(modules):
+            as_module(m, f"Modular: module {i}")
+        self.chain = Chain(*modules)
+        self._bind_modules()
+        lr_defaults = {m.defaults["lr"] for m in self.chain.walk() if "lr" in m.defaults}
+        self._declared = self._declared_settings()
+        self._lr_consumed = "lr" in self._declared
+        if len(lr_defaults) > 1:
+            self._lr_default = None
+        else:
+            self._lr_default = lr_defaults.pop() if lr_defaults else 1.0
+        if isinstance(params, torch.Tensor):
+            raise TypeError("Modular: params must be an iterable of tensors or dicts, not a tensor")
+        params = list(params)
+        if len(params) == 0:
+            raise ValueError("Modular: got an empty parameter list")
+        self.evals = EvalCounts()
+        self.num_steps = 0
+        self._layout_token = object()
+        self._layout_ids: tuple = ()
+        self._has_complex = False
+        super().__init__(params, {})
+        self._check_lr_ambiguity()
+
+    # ------------------------------------------------------------------------- construction
+    def _bind_modules(self) -> None:
+        seen: set[int] = set()
+
+        def assign(module: Module, key: str):
+            if id(module) in seen:
+                raise ValueError(f"Modular: the same {module.name} instance appears twice in the chain")
+            owner = getattr(module, "_optimizer", None)
+            if owner is not None and owner is not self:
+                raise ValueError(
+                    f"Modular: this {module.name} instance already belongs to another optimizer; "
+                    "create a new instance for each optimizer"
+                )
+            seen.add(id(module))
+            module.key = key
+            module._optimizer = self
+            for name, child in module.children.items():
+                assign(child, f"{key}.{name}")
+
+        for name, m in self.chain.children.items():
+            assign(m, name)
+        self.chain.key = ""
+
+    def _declared_settings(self) -> dict[str, list[Module]]:
+        out: dict[str, list[Module]] = {}
+        for m in self.chain.walk():
+            for k in m.defaults:
+                out.setdefault(k, []).append(m)
+        return out
+
+    def _check_lr_ambiguity(self) -> None:
+        if self._lr_default is None:
+            for g in self.param_groups:
+                if "lr" not in g:
+                    names = [repr(m) for m in self._declared["lr"]]
+                    raise ValueError(
+                        "Modular: modules declare different default lr ("
+                        + ", ".join(names)
+                        + "); a param group holds one lr. Pass lr in the param groups, or use "
+                        "StepSize for fixed factors that schedulers must not change."
+                    )
+
+    def add_param_group(self, param_group: dict) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"Modular: param group must be a dict, got {type(param_group).__name__}")
+        params = param_group.get("params")
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("Modular: params must be an ordered collection, not a set")
+        params = list(params) if params is not None else []
+        if not params:
+            raise ValueError("Modular: a param group has an empty parameter list")
+        for p in params:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"Modular: params must be tensors, got {type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError(
+                    "Modular: params must be leaf tensors (a non-leaf tensor was given; pass the "
+                    "model's parameters, not a tensor computed from them)"
+                )
+        for key, value in param_group.items():
+            if key in _TORCH_GROUP_KEYS:
+                continue
+            owners = self._declared.get(key)
+            if not owners:
+                known = sorted(self._declared)
+                raise ValueError(
+                    f"Modular: param group sets {key!r}, which no module of the chain declares "
+                    f"(declared: {', '.join(known) or 'none'})"
+                )
+            for m in owners:
+                m.check_setting(key, value)
+        if "lr" in param_group:
+            lr = param_group["lr"]
+            if self._lr_consumed:
+                for m in self._declared["lr"]:
+                    m.check_setting("lr", lr)
+            elif not (isinstance(lr, (int, float)) and lr >= 0):
+                raise ValueError(f"Modular: invalid lr={lr!r}; expected a number >= 0")
+        group = dict(param_group)
+        group["params"] = params
+        if "lr" not in group and self._lr_default is not None:
+            group["lr"] = self._lr_default
+        if any(p.is_complex() for p in params):
+            self._has_complex = True
+        super().add_param_group(group)
+        self._bump_layout()
+
+    # ------------------------------------------------------------------------------ stepping
+    def _bump_layout(self) -> None:
+        self._layout_token = object()
+
+    def _gather(self, selector) -> tuple[list, list, list]:
+        keys: list = []
+        spans: list = []
+        for group in self.param_groups:
+            start = len(keys)
+            for p in group["params"]:
+                if selector(p):
+                    keys.append(p)
+            if len(keys) > start:
+                spans.append((group, start, len(keys)))
+        ids = tuple(map(id, keys))
+        if ids != self._layout_ids:
+            self._layout_ids = ids
+            self._bump_layout()
+        if self._has_complex:
+            params = [torch.view_as_real(p) if p.is_complex() else p for p in keys]
+        else:
+            params = keys
+        return params, keys, spans
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Run the chain once; returns the loss at the starting point if it was evaluated."""
+        if getattr(self, "terminated", False):
+            return None
+        counted = None
+        ctx = StepContext(self, None, None, None, None, self.num_steps)
+        if closure is not None:
+            counted = CountedClosure(closure, self.evals, ctx.owner_name)
+            ctx.closure = counted
+        if counted is not None and self.chain.needs_grad:
+            ctx.loss = counted(True)
+        if counted is None or self.chain.needs_grad:
+            params, keys, spans = self._gather(_has_grad)
+        else:
+            params, keys, spans = self._gather(_requires_grad)
+        for p in keys:
+            if p.grad is not None and p.grad.is_sparse:
+                raise RuntimeError("Modular: sparse gradients are not supported")
+        ctx.params, ctx.keys, ctx.spans = params, keys, spans
+        self.chain.step(ctx)
+        ctx.module = None
+        if not self._lr_consumed and params:
+            lrs = ctx.per_param([g["lr"] for g, _, _ in spans])
+            if lrs != 1.0:
+                ctx.scale_update(lrs)
+        ctx.apply_update()
+        self.num_steps += 1
+        return ctx.loss
+
+    # ---------------------------------------------------------------------------- checkpoint
+    def _signature(self) -> list[str]:
+        return [f"{m.key}:{m.name}" for m in self.chain.walk() if m is not self.chain]
+
+    def state_dict(self) -> dict:
+        """torch's format (``state`` keyed by parameter index, ``param_groups``) plus an
+        ``optbridge`` section: the chain signature, module-level state and counters."""
+        sd = super().state_dict()
+        sd["optbridge"] = {
+            "chain": self._signature(),
+            "modules": {
+                m.key: copy.deepcopy(m.global_state)
+                for m in self.chain.walk()
+                if m is not self.chain and m.global_state
+            },
+            "num_steps": self.num_steps,
+            "evals": self.evals.as_dict(),
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a state from :meth:`state_dict`; a state of another chain or another set of
+        parameters raises ``ValueError`` and changes nothing."""
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict:
+            raise ValueError("Modular.load_state_dict: not an optimizer state dict")
+        state_dict = state_dict.copy()
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            res = hook(self, state_dict)
+            if res is not None:
+                state_dict = res
+        extra = state_dict.get("optbridge")
+        if extra is None:
+            raise ValueError(
+                "Modular.load_state_dict: the state dict has no 'optbridge' section; it was not "
+                "saved by a Modular optimizer"
+            )
+        ours, theirs = self._signature(), list(extra.get("chain", []))
+        if ours != theirs:
+            raise ValueError(
+                "Modular.load_state_dict: the state dict is for a different chain:\n"
+                f"  saved:   {theirs}\n  current: {ours}"
+            )
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"Modular.load_state_dict: the state dict has {len(saved_groups)} param groups, "
+                f"the optimizer {len(self.param_groups)}"
+            )
+        for i, (g, s) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(g["params"]) != len(s["params"]):
+                raise ValueError(
+                    f"Modular.load_state_dict: param group {i} has {len(g['params'])} parameters, "
+                    f"the state dict {len(s['params'])}"
+                )
+        id_map = dict(
+            zip(
+                _chain.from_iterable(g["params"] for g in saved_groups),
+                _chain.from_iterable(g["params"] for g in self.param_groups),
+            )
+        )
+        known = {m.key for m in self.chain.walk()}
+        new_state: dict = {}
+        for k, v in state_dict["state"].items():
+            if k not in id_map:
+                raise ValueError(f"Modular.load_state_dict: state for unknown parameter index {k}")
+            bad = set(v) - known
+            if bad:
+                raise ValueError(f"Modular.load_state_dict: state for unknown modules {sorted(bad)}")
+            p = id_map[k]
+            new_state[p] = _to_device(v, p.device)
+        new_groups = []
+        for g, s in zip(self.param_groups, saved_groups):
+            ng = {k: v for k, v in s.items() if k != "params"}
+            ng["params"] = g["params"]
+            new_groups.append(ng)
+        self.__setstate__({"state": new_state, "param_groups": new_groups})
+        for m in self.chain.walk():
+            m.global_state = copy.deepcopy(extra.get("modules", {}).get(m.key, {}))
+        self.num_steps = int(extra.get("num_steps", 0))
+        ev = extra.get("evals", {})
+        self.evals.loss, self.evals.loss_and_grad = int(ev.get("loss", 0)), int(ev.get("loss_and_grad", 0))
+        self._bump_layout()
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._bump_layout()
+
+    def __repr__(self) -> str:
+        return f"Modular({self.chain!r})"
+
+    @property
+    def modules(self) -> list[Module]:
+        return self.chain.modules
+
+
+def _has_grad(p: torch.Tensor) -> bool:
+    return p.grad is not None
+
+
+def _requires_grad(p: torch.Tensor) -> bool:
+    return p.requires_grad
+
+
+def _to_device(value, device):
+    """Deep copy of a state value with tensors moved to ``device`` (dtype kept as saved)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return copy.deepcopy(value)
+
+
+def _iter_params(params: Iterable) -> Iterable[torch.Tensor]:
+    for p in params:
+        if isinstance(p, dict):
+            yield from p["params"]
+        else:
+            yield p

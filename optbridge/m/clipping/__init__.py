@@ -1,0 +1,3 @@
+"""clipping modules."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""momentum modules."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""ops modules."""
+
+__all__: list[str] = []

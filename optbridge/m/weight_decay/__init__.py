@@ -1,0 +1,3 @@
+"""weight_decay modules."""
+
+__all__: list[str] = []

@@ -1,0 +1,71 @@
+"""Shared harness for trajectory tests: run two optimizers on the same problem and compare."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_params(seed: int = 0, dtype=torch.float32, with_unused: bool = True):
+    """Several tensors of different shapes; the last one never gets a gradient when
+    ``with_unused`` (its grad stays None, so every optimizer must skip it)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(6, 5), (5,), (3, 4, 2), (1,)]
+    ps = [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+    if with_unused:
+        ps.append(torch.randn(4, generator=g, dtype=dtype).requires_grad_())
+    return ps
+
+
+def loss_fn(ps):
+    """A smooth non-quadratic loss over the first four tensors (the fifth is unused)."""
+    a, b, c, d = ps[:4]
+    return (
+        (a**2).sum() * 0.5
+        + torch.sin(a).sum()
+        + ((b - 1.0) ** 2).sum()
+        + (c.tanh() * c).sum()
+        + (d**4).sum()
+        + (a[:5, 0] * b).sum() * 0.3
+    )
+
+
+def trajectory(make_opt, steps: int = 60, seed: int = 0, dtype=torch.float32, with_unused=True,
+               closure: bool = False):
+    """Run ``steps`` optimizer steps; returns the list of parameter snapshots after each step."""
+    ps = make_params(seed, dtype, with_unused)
+    opt = make_opt(ps)
+    out = []
+    for _ in range(steps):
+        if closure:
+            def cl(backward=True):
+                loss = loss_fn(ps)
+                if backward:
+                    opt.zero_grad()
+                    loss.backward()
+                return loss
+            opt.step(cl)
+        else:
+            opt.zero_grad()
+            loss_fn(ps).backward()
+            opt.step()
+        out.append([p.detach().clone() for p in ps])
+    return out
+
+
+def assert_same_trajectory(make_a, make_b, steps: int = 60, rtol=1e-6, atol=1e-7,
+                           dtype=torch.float32, **kw):
+    """Both optimizers give the same parameters at every step (within tolerance)."""
+    ta = trajectory(make_a, steps, dtype=dtype, **kw)
+    tb = trajectory(make_b, steps, dtype=dtype, **kw)
+    moved = False
+    for i, (sa, sb) in enumerate(zip(ta, tb)):
+        for j, (x, y) in enumerate(zip(sa, sb)):
+            torch.testing.assert_close(y, x, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"step {i}, param {j}: {m}")
+    start = make_params(0, dtype, kw.get("with_unused", True))
+    for x, s in zip(ta[-1][:4], start[:4]):
+        moved = moved or not torch.equal(x, s.detach())
+    assert moved, "the reference optimizer did not move the parameters; the test is vacuous"
+    if kw.get("with_unused", True):
+        assert torch.equal(ta[-1][4], start[4].detach()) and torch.equal(tb[-1][4], start[4].detach()), \
+            "a parameter without grad was changed"
