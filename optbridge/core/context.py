@@ -28,6 +28,25 @@ import torch
 from . import foreach as fe
 
 
+_BETAS_INDEX = {"beta1": 0, "beta2": 1}
+
+
+def group_value(group: dict, key: str, default):
+    """A module setting as seen from a param group.
+
+    An explicit ``group[key]`` wins; ``beta1``/``beta2`` may also come from torch's ``betas``
+    pair (which ``OneCycleLR``/``CyclicLR`` cycle); otherwise the module's default.
+    """
+    if key in group:
+        return group[key]
+    idx = _BETAS_INDEX.get(key)
+    if idx is not None and "betas" in group:
+        betas = group["betas"]
+        if len(betas) > idx:
+            return betas[idx]
+    return default
+
+
 class StepContext:
     """State of one optimizer step as it flows through the chain (see module docstring)."""
 
@@ -241,7 +260,7 @@ class StepContext:
     # ----------------------------------------------------------------------------- settings
     def group_values(self, key: str, default):
         """Per-span values of ``key``: group override if present, else ``default``."""
-        return [g[key] if key in g else default for g, _, _ in self.spans]
+        return [group_value(g, key, default) for g, _, _ in self.spans]
 
     def per_param(self, values: list):
         """Expand per-span values to a number (all equal) or a per-parameter list."""

@@ -15,7 +15,6 @@ the chain's ``LR`` default. In a chain where no module declares ``lr``, the grou
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from itertools import chain as _chain
 
 import torch
@@ -23,6 +22,9 @@ import torch
 from .closure import CountedClosure, EvalCounts
 from .context import StepContext
 from .module import Chain, Module, as_module
+
+_MISSING = object()
+_DISAGREE = object()
 
 #: keys torch and its schedulers put in param groups; never module hyperparameters
 _TORCH_GROUP_KEYS = frozenset(
@@ -50,13 +52,8 @@ class Modular(torch.optim.Optimizer):
             as_module(m, f"Modular: module {i}")
         self.chain = Chain(*modules)
         self._bind_modules()
-        lr_defaults = {m.defaults["lr"] for m in self.chain.walk() if "lr" in m.defaults}
         self._declared = self._declared_settings()
         self._lr_consumed = "lr" in self._declared
-        if len(lr_defaults) > 1:
-            self._lr_default = None
-        else:
-            self._lr_default = lr_defaults.pop() if lr_defaults else 1.0
         if isinstance(params, torch.Tensor):
             raise TypeError("Modular: params must be an iterable of tensors or dicts, not a tensor")
         params = list(params)
@@ -67,14 +64,41 @@ class Modular(torch.optim.Optimizer):
         self._layout_token = object()
         self._layout_ids: tuple = ()
         self._has_complex = False
-        super().__init__(params, {})
+        super().__init__(params, self._scheduler_defaults())
         self._check_lr_ambiguity()
+
+    def _agreed_default(self, key: str):
+        """The default all modules declaring ``key`` share, ``_DISAGREE`` if they differ."""
+        values = [m.defaults[key] for m in self._declared.get(key, ())]
+        if not values:
+            return _MISSING
+        return values[0] if all(v == values[0] for v in values) else _DISAGREE
+
+    def _scheduler_defaults(self) -> dict:
+        """The group keys torch schedulers read: ``lr`` always (1.0 multiplies the final update
+        when no module declares it), ``momentum`` and ``betas`` when the chain declares them and
+        its modules agree on the defaults (``CyclicLR``/``OneCycleLR`` cycle them)."""
+        out = {}
+        lr = self._agreed_default("lr")
+        if lr is _MISSING:
+            out["lr"] = 1.0
+        elif lr is not _DISAGREE:
+            out["lr"] = lr
+        mom = self._agreed_default("momentum")
+        if mom not in (_MISSING, _DISAGREE):
+            out["momentum"] = mom
+        b1, b2 = self._agreed_default("beta1"), self._agreed_default("beta2")
+        if b1 not in (_MISSING, _DISAGREE) and b2 is not _DISAGREE:
+            out["betas"] = (b1,) if b2 is _MISSING else (b1, b2)
+        return out
 
     # ------------------------------------------------------------------------- construction
     def _bind_modules(self) -> None:
+        """Give every module its state key (its path in the chain); validate before binding."""
+        keyed: list[tuple[Module, str]] = []
         seen: set[int] = set()
 
-        def assign(module: Module, key: str):
+        def collect(module: Module, key: str):
             if id(module) in seen:
                 raise ValueError(f"Modular: the same {module.name} instance appears twice in the chain")
             owner = getattr(module, "_optimizer", None)
@@ -84,13 +108,15 @@ class Modular(torch.optim.Optimizer):
                     "create a new instance for each optimizer"
                 )
             seen.add(id(module))
-            module.key = key
-            module._optimizer = self
+            keyed.append((module, key))
             for name, child in module.children.items():
-                assign(child, f"{key}.{name}")
+                collect(child, f"{key}.{name}")
 
         for name, m in self.chain.children.items():
-            assign(m, name)
+            collect(m, name)
+        for module, key in keyed:
+            module.key = key
+            module._optimizer = self
         self.chain.key = ""
 
     def _declared_settings(self) -> dict[str, list[Module]]:
@@ -101,7 +127,7 @@ class Modular(torch.optim.Optimizer):
         return out
 
     def _check_lr_ambiguity(self) -> None:
-        if self._lr_default is None:
+        if "lr" not in self.defaults:
             for g in self.param_groups:
                 if "lr" not in g:
                     names = [repr(m) for m in self._declared["lr"]]
@@ -134,6 +160,9 @@ class Modular(torch.optim.Optimizer):
         for key, value in param_group.items():
             if key in _TORCH_GROUP_KEYS:
                 continue
+            if key == "betas" and "beta1" in self._declared:
+                self._check_betas(value)
+                continue
             owners = self._declared.get(key)
             if not owners:
                 known = sorted(self._declared)
@@ -148,16 +177,27 @@ class Modular(torch.optim.Optimizer):
             if self._lr_consumed:
                 for m in self._declared["lr"]:
                     m.check_setting("lr", lr)
-            elif not (isinstance(lr, (int, float)) and lr >= 0):
+            elif not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0):
                 raise ValueError(f"Modular: invalid lr={lr!r}; expected a number >= 0")
         group = dict(param_group)
         group["params"] = params
-        if "lr" not in group and self._lr_default is not None:
-            group["lr"] = self._lr_default
+        for k, v in self.defaults.items():
+            group.setdefault(k, v)
         if any(p.is_complex() for p in params):
             self._has_complex = True
-        super().add_param_group(group)
+        defaults, self.defaults = self.defaults, {}  # groups were filled above, torch must not
+        try:
+            super().add_param_group(group)
+        finally:
+            self.defaults = defaults
         self._bump_layout()
+
+    def _check_betas(self, betas) -> None:
+        if not isinstance(betas, (tuple, list)) or not 1 <= len(betas) <= 2:
+            raise ValueError(f"Modular: invalid betas={betas!r}; expected a pair (beta1, beta2)")
+        for name, value in zip(("beta1", "beta2"), betas):
+            for m in self._declared.get(name, ()):
+                m.check_setting(name, value)
 
     # ------------------------------------------------------------------------------ stepping
     def _bump_layout(self) -> None:
@@ -203,6 +243,8 @@ class Modular(torch.optim.Optimizer):
             if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError("Modular: sparse gradients are not supported")
         ctx.params, ctx.keys, ctx.spans = params, keys, spans
+        if ctx.loss is not None or closure is None:
+            ctx._grads = ctx._read_grads()
         self.chain.step(ctx)
         ctx.module = None
         if not self._lr_consumed and params:
@@ -329,9 +371,3 @@ def _to_device(value, device):
     return copy.deepcopy(value)
 
 
-def _iter_params(params: Iterable) -> Iterable[torch.Tensor]:
-    for p in params:
-        if isinstance(p, dict):
-            yield from p["params"]
-        else:
-            yield p

@@ -35,7 +35,7 @@ import torch
 
 from . import checks
 from . import foreach as fe
-from .context import StepContext
+from .context import StepContext, group_value
 
 
 class Module:
@@ -82,7 +82,7 @@ class Module:
 
     def group_settings(self, group: dict) -> dict:
         """This module's settings for one param group."""
-        return {k: group[k] if k in group else v for k, v in self.defaults.items()}
+        return {k: group_value(group, k, v) for k, v in self.defaults.items()}
 
     # ------------------------------------------------------------------------------ children
     def set_child(self, name: str, module) -> None:
