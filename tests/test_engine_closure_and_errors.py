@@ -231,3 +231,25 @@ def test_sparse_gradients_are_rejected():
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     assert torch.equal(before, emb.weight)
+
+
+class DoubleLoss(ob.Module):
+    """Test module: hands the modules after it a closure whose loss is doubled."""
+
+    def step(self, ctx):
+        inner = ctx.closure
+
+        def doubled(backward=True):
+            return inner(backward) * 2
+
+        ctx.closure = doubled
+
+
+def test_replaced_closure_reaches_downstream_modules_only():
+    ps = make_params(0)
+    probe_before, probe_after = LossProbe(), LossProbe()
+    opt = ob.Modular(ps, probe_before, DoubleLoss(), probe_after, m.LR(0.0))
+    calls = []
+    opt.step(_closure_for(ps, opt, calls))
+    assert probe_after.values[0] == pytest.approx(2 * probe_before.values[0])
+    assert opt.evals.loss == 2  # the replaced closure still counts through the original
