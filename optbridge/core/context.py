@@ -233,6 +233,13 @@ class StepContext:
         else:
             torch._foreach_add_(self.params, u, alpha=-scale)
 
+    def terminate(self, reason: str) -> None:
+        """Stop the optimizer: this step still applies its update (unless a module skips it);
+        later ``step()`` calls do nothing. ``optimizer.stop_reason`` records ``reason``."""
+        self.optimizer.terminated = True
+        if self.optimizer.stop_reason is None:
+            self.optimizer.stop_reason = reason
+
     # ----------------------------------------------------------------------------- sub-chains
     def fork(self, update=None) -> StepContext:
         """A child context sharing params, grads, loss and closure, with its own update.

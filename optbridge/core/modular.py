@@ -43,6 +43,9 @@ class Modular(torch.optim.Optimizer):
     Attributes:
         evals: :class:`~optbridge.core.closure.EvalCounts`, closure evaluations so far.
         num_steps: completed ``step()`` calls.
+        terminated: set by a termination module (``StepContext.terminate``); once true,
+            ``step()`` does nothing and returns ``None``.
+        stop_reason: why it terminated.
     """
 
     def __init__(self, params, *modules):
@@ -61,6 +64,8 @@ class Modular(torch.optim.Optimizer):
             raise ValueError("Modular: got an empty parameter list")
         self.evals = EvalCounts()
         self.num_steps = 0
+        self.terminated = False
+        self.stop_reason: str | None = None
         self._layout_token = object()
         self._layout_ids: tuple = ()
         self._has_complex = False
@@ -226,7 +231,7 @@ class Modular(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Run the chain once; returns the loss at the starting point if it was evaluated."""
-        if getattr(self, "terminated", False):
+        if self.terminated:
             return None
         counted = None
         ctx = StepContext(self, None, None, None, None, self.num_steps)
@@ -271,6 +276,8 @@ class Modular(torch.optim.Optimizer):
                 if m is not self.chain and m.global_state
             },
             "num_steps": self.num_steps,
+            "terminated": self.terminated,
+            "stop_reason": self.stop_reason,
             "evals": self.evals.as_dict(),
         }
         return sd
@@ -334,6 +341,8 @@ class Modular(torch.optim.Optimizer):
         for m in self.chain.walk():
             m.global_state = copy.deepcopy(extra.get("modules", {}).get(m.key, {}))
         self.num_steps = int(extra.get("num_steps", 0))
+        self.terminated = bool(extra.get("terminated", False))
+        self.stop_reason = extra.get("stop_reason")
         ev = extra.get("evals", {})
         self.evals.loss, self.evals.loss_and_grad = int(ev.get("loss", 0)), int(ev.get("loss_and_grad", 0))
         self._bump_layout()
