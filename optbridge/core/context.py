@@ -47,6 +47,22 @@ def group_value(group: dict, key: str, default):
     return default
 
 
+def _mul(a, b, n: int):
+    if fe.is_list(a) or fe.is_list(b):
+        a = a if fe.is_list(a) else [a] * n
+        b = b if fe.is_list(b) else [b] * n
+        return [x * y for x, y in zip(a, b)]
+    return a * b
+
+
+def _add(a, b, n: int):
+    if fe.is_list(a) or fe.is_list(b):
+        a = a if fe.is_list(a) else [a] * n
+        b = b if fe.is_list(b) else [b] * n
+        return [x + y for x, y in zip(a, b)]
+    return a + b
+
+
 class StepContext:
     """State of one optimizer step as it flows through the chain (see module docstring)."""
 
@@ -62,6 +78,7 @@ class StepContext:
         "_owned",
         "_scale",
         "_den",
+        "_pcoef",
         "skip_update",
         "module",
         "step_index",
@@ -81,6 +98,7 @@ class StepContext:
         self._owned = False
         self._scale = None
         self._den = None  # pending denominator: update = _update / _den (then * _scale)
+        self._pcoef = None  # pending parameter term: update += _pcoef * params
         self.skip_update = False  # a module already moved the parameters
         self.module = None  # module currently running (for error messages)
         self.step_index = step_index
@@ -148,6 +166,8 @@ class StepContext:
             self._materialize_ratio()
         if self._scale is not None:
             self._materialize_scale()
+        if self._pcoef is not None:
+            self._materialize_params_term()
         return self._update
 
     @update.setter
@@ -155,13 +175,13 @@ class StepContext:
         """Assign a borrowed update (a state buffer or someone else's tensors)."""
         self._update = value if isinstance(value, list) else list(value)
         self._owned = False
-        self._scale = self._den = None
+        self._scale = self._den = self._pcoef = None
 
     def set_update(self, value, owned: bool = True) -> None:
         """Assign the update; ``owned=True`` for tensors allocated by the caller for this step."""
         self._update = value if isinstance(value, list) else list(value)
         self._owned = owned
-        self._scale = self._den = None
+        self._scale = self._den = self._pcoef = None
 
     def set_update_ratio(self, numerator, denominator) -> None:
         """Set ``update = numerator / denominator`` lazily.
@@ -173,7 +193,7 @@ class StepContext:
         self._update = numerator if isinstance(numerator, list) else list(numerator)
         self._den = denominator if isinstance(denominator, list) else list(denominator)
         self._owned = False
-        self._scale = None
+        self._scale = self._pcoef = None
 
     def _materialize_ratio(self):
         num, den, self._den = self._update, self._den, None
@@ -194,18 +214,43 @@ class StepContext:
         return u
 
     def scale_update(self, factor) -> None:
-        """Multiply the update by ``factor`` (a number or one per parameter), lazily."""
+        """Multiply the update by ``factor``: a number or one per parameter (applied lazily,
+        folded into the final parameter update), or a 0-dim tensor (applied now, without a
+        host sync)."""
+        if isinstance(factor, torch.Tensor):
+            u = self.mutable_update()
+            torch._foreach_mul_(u, factor)
+            return
         if self._update is None:
             self._update = self.grads
             self._owned = False
-        if self._scale is None:
-            self._scale = factor
-        elif fe.is_list(self._scale) or fe.is_list(factor):
-            a = self._scale if fe.is_list(self._scale) else [self._scale] * len(self.params)
-            b = factor if fe.is_list(factor) else [factor] * len(self.params)
-            self._scale = [x * y for x, y in zip(a, b)]
-        else:
-            self._scale = self._scale * factor
+        self._scale = factor if self._scale is None else _mul(self._scale, factor, len(self.params))
+        if self._pcoef is not None:
+            self._pcoef = _mul(self._pcoef, factor, len(self.params))
+
+    def add_params_term(self, coef) -> None:
+        """``update += coef * params`` (coef a number or one per parameter), lazily.
+
+        When the update is a pending ratio (Adam-like modules), the term is folded into the
+        final parameter update as ``params *= 1 - lr * coef`` before the ratio is applied, which
+        is torch.optim.AdamW's order and saves materialising the ratio. Otherwise it is added
+        now (same cost), in torch.optim.SGD's order.
+        """
+        if self._den is None:
+            u = self.update
+            if self._owned:
+                fe.add_scaled_(u, self.params, coef)
+            else:
+                self._update, self._owned = fe.add_scaled(u, self.params, coef), True
+            return
+        self._pcoef = coef if self._pcoef is None else _add(self._pcoef, coef, len(self.params))
+
+    def _materialize_params_term(self):
+        coef, self._pcoef = self._pcoef, None
+        if not self._owned:
+            self._update = torch._foreach_mul(self._update, 1.0)
+            self._owned = True
+        fe.add_scaled_(self._update, self.params, coef)
 
     def _materialize_scale(self):
         scale, self._scale = self._scale, None
@@ -216,22 +261,21 @@ class StepContext:
             self._owned = True
 
     def apply_update(self) -> None:
-        """``params -= scale * update`` in place."""
+        """``params -= update`` in place, with the pending factors folded in."""
         if self.skip_update or not self.params:
             return
         if self._update is None:
             self._update = self.grads
-        u, scale = self._update, self._scale
+        u, scale, params = self._update, self._scale, self.params
+        if self._pcoef is not None:
+            torch._foreach_mul_(params, fe.scalar_map(lambda c: 1 - c, self._pcoef))
         if self._den is not None:
             neg = -1.0 if scale is None else fe.scalar_map(lambda x: -x, scale)
-            torch._foreach_addcdiv_(self.params, u, self._den, neg)
-            return
-        if scale is None:
-            torch._foreach_sub_(self.params, u)
-        elif fe.is_list(scale):
-            fe.add_scaled_(self.params, u, [-s for s in scale])
+            torch._foreach_addcdiv_(params, u, self._den, neg)
+        elif scale is None:
+            torch._foreach_sub_(params, u)
         else:
-            torch._foreach_add_(self.params, u, alpha=-scale)
+            fe.add_scaled_(params, u, fe.scalar_map(lambda x: -x, scale))
 
     def terminate(self, reason: str) -> None:
         """Stop the optimizer: this step still applies its update (unless a module skips it);
@@ -252,7 +296,7 @@ class StepContext:
         child.spans, child.closure, child.loss = self.spans, self.closure, self.loss
         child._grads = self._grads
         child._update = self.update if update is None else list(update)
-        child._owned, child._scale, child._den = False, None, None
+        child._owned, child._scale, child._den, child._pcoef = False, None, None, None
         child.skip_update, child.module = False, self.module
         child.step_index, child.extra, child.parent = self.step_index, self.extra, self
         return child

@@ -80,6 +80,17 @@ class Module:
         out = tuple(ctx.per_param(ctx.group_values(k, self.defaults[k])) for k in keys)
         return out[0] if len(keys) == 1 else out
 
+    def uniform_setting(self, ctx: StepContext, key: str):
+        """Setting ``key``, which must agree across the param groups of this step (a global
+        quantity such as one norm threshold has one value); ``ValueError`` otherwise."""
+        value = self.settings(ctx, key)
+        if fe.is_list(value):
+            values = sorted({repr(v) for v in value})
+            raise ValueError(
+                f"{self.name}: {key} must be the same in every param group, got {', '.join(values)}"
+            )
+        return value
+
     def group_settings(self, group: dict) -> dict:
         """This module's settings for one param group."""
         return {k: group_value(group, k, v) for k, v in self.defaults.items()}
@@ -191,6 +202,11 @@ class Part:
     @property
     def grads(self) -> list[torch.Tensor]:
         return self._select(self.ctx.grads)
+
+    @property
+    def update_owned(self) -> bool:
+        """Whether the ``update`` handed to ``transform`` may be written in place."""
+        return self.ctx.update_is_owned
 
     def buffers(self, name: str, init=torch.zeros_like) -> list[torch.Tensor]:
         """State tensor ``name`` for each parameter, created with ``init(param)`` on first use."""
