@@ -1,3 +1,7 @@
-"""weight_decay modules."""
+"""Weight-decay modules: coupled or decoupled (by position), direct, relative and cautious."""
 
-__all__: list[str] = []
+from .cautious import CautiousWeightDecay
+from .decay import DirectWeightDecay, WeightDecay
+from .relative import RelativeWeightDecay
+
+__all__ = ["CautiousWeightDecay", "DirectWeightDecay", "RelativeWeightDecay", "WeightDecay"]
