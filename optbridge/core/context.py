@@ -301,11 +301,32 @@ class StepContext:
         child.step_index, child.extra, child.parent = self.step_index, self.extra, self
         return child
 
+    def fork_subset(self, indices: list[int], update=None) -> StepContext:
+        """A child context over the parameters at ``indices`` only (e.g. ``Split``).
+
+        Settings, state and the update refer to that subset; ``update`` (default: this
+        context's update restricted to it) is borrowed. The closure is shared.
+        """
+        child = self.fork([self.update[i] for i in indices] if update is None else update)
+        child.params = [self.params[i] for i in indices]
+        child.keys = [self.keys[i] for i in indices]
+        if self._grads is not None:
+            child._grads = [self._grads[i] for i in indices]
+        spans, pos = [], 0
+        for group, a, b in self.spans:
+            n = sum(1 for i in indices if a <= i < b)
+            if n:
+                spans.append((group, pos, pos + n))
+                pos += n
+        child.spans = spans
+        return child
+
     def merge_evaluations(self, child: StepContext) -> None:
-        """Take over the loss and gradients a child evaluated at the starting point."""
+        """Take over the loss (and, for a full fork, the gradients) a child evaluated at the
+        starting point."""
         if self.loss is None:
             self.loss = child.loss
-        if self._grads is None:
+        if self._grads is None and child.params is self.params:
             self._grads = child._grads
 
     # ----------------------------------------------------------------------------- settings

@@ -119,12 +119,13 @@ class Module:
     # --------------------------------------------------------------------------------- state
     def param_states(self, ctx: StepContext) -> list[dict]:
         """This module's state dict for each parameter of ``ctx`` (created empty on first use)."""
-        token = ctx.optimizer._layout_token
+        keys = ctx.keys
+        token = (ctx.optimizer._layout_token, len(keys), id(keys[0]) if keys else 0, id(keys[-1]) if keys else 0)
         cache = self._states_cache
-        if cache is not None and cache[0] is token:
+        if cache is not None and cache[0] == token:
             return cache[1]
         state, key, out = ctx.optimizer.state, self.key, []
-        for p in ctx.keys:
+        for p in keys:
             ps = state[p]
             ms = ps.get(key)
             if ms is None:
@@ -325,8 +326,6 @@ class Chain(Module):
         for m in self.children.values():
             ctx.module = m
             m.step(ctx)
-            if ctx.skip_update:
-                break
         ctx.module = outer
 
 
