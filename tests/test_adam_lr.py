@@ -28,3 +28,18 @@ def test_adam_float64_exact():
         lambda ps: ob.Modular(ps, m.Adam(), m.LR(0.02)),
         dtype=torch.float64, rtol=1e-12, atol=1e-13,
     )
+
+
+def test_adam_on_owned_update_matches_torch_with_clipping():
+    """After ClipNorm the update is the step's own buffer, which Adam reuses for its
+    denominator; the trajectory equals clip_grad_norm_ + torch.optim.Adam."""
+
+    class ClippedAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"]], 0.5)
+            return super().step(closure)
+
+    assert_same_trajectory(
+        lambda ps: ClippedAdam(ps, lr=0.01, amsgrad=True),
+        lambda ps: ob.Modular(ps, m.ClipNorm(0.5), m.Adam(amsgrad=True), m.LR(0.01)),
+    )

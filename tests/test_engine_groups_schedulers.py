@@ -151,8 +151,19 @@ def test_invalid_group_override_is_rejected_before_anything_changes():
         ob.Modular([{"params": make_params(0), "lr": -1}], m.Adam(), m.LR(0.1))
 
 
-def test_disagreeing_lr_defaults_need_an_explicit_group_lr():
-    with pytest.raises(ValueError, match="different default lr"):
-        ob.Modular(make_params(0), m.LR(0.1), m.LR(0.2))
-    opt = ob.Modular([{"params": make_params(0), "lr": 0.3}], m.LR(0.1), m.LR(0.2))
+def test_disagreeing_lr_defaults_keep_their_own_values_unless_the_group_sets_one():
+    ps = make_params(0)
+    for p in ps[:4]:
+        p.grad = torch.ones_like(p)
+    start = [p.detach().clone() for p in ps]
+    opt = ob.Modular(ps, m.LR(0.1), m.LR(0.2))
+    assert "lr" not in opt.param_groups[0]
+    opt.step()
+    for p, s in zip(ps[:4], start):
+        torch.testing.assert_close(p.detach(), s - 0.02)
+    opt = ob.Modular([{"params": ps, "lr": 0.3}], m.LR(0.1), m.LR(0.2))
     assert opt.param_groups[0]["lr"] == 0.3
+    start = [p.detach().clone() for p in ps]
+    opt.step()
+    for p, s in zip(ps[:4], start):
+        torch.testing.assert_close(p.detach(), s - 0.09)

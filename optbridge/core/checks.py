@@ -3,7 +3,8 @@
 Every module declares a rule per hyperparameter; the rule runs on the module's defaults at
 construction and on every param-group override, so a bad value fails before any state changes.
 A rule is a callable ``rule(value) -> str | None`` returning a description of what was expected
-when the value is invalid.
+when the value is invalid. Parametrised rules are small classes, not closures, so modules holding
+them stay picklable.
 """
 
 from __future__ import annotations
@@ -68,55 +69,72 @@ def anything(v):
     return None
 
 
-def optional(rule: Rule) -> Rule:
+class optional:
     """``None`` or a value accepted by ``rule``."""
 
-    def check(v):
+    def __init__(self, rule: Rule):
+        self.rule = rule
+
+    def __call__(self, v):
         if v is None:
             return None
-        msg = rule(v)
+        msg = self.rule(v)
         return None if msg is None else f"None or {msg}"
 
-    check.__doc__ = f"None or {rule.__doc__}"
-    return check
 
-
-def one_of(*choices) -> Rule:
+class one_of:
     """One of the given values."""
 
-    def check(v):
-        return None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+    def __init__(self, *choices):
+        self.choices = choices
 
-    return check
+    def __call__(self, v):
+        if any(isinstance(v, bool) == isinstance(c, bool) and v == c for c in self.choices):
+            return None
+        return "one of " + ", ".join(repr(c) for c in self.choices)
 
 
-def interval(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Rule:
+class interval:
     """A finite number in the interval between ``low`` and ``high``."""
-    left, right = ("(" if low_open else "["), (")" if high_open else "]")
 
-    def check(v):
+    def __init__(self, low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def __call__(self, v):
+        left, right = ("(" if self.low_open else "["), (")" if self.high_open else "]")
+        expected = f"a number in {left}{self.low}, {self.high}{right}"
         if not _finite(v):
-            return f"a number in {left}{low}, {high}{right}"
-        ok_low = v > low if low_open else v >= low
-        ok_high = v < high if high_open else v <= high
-        return None if ok_low and ok_high else f"a number in {left}{low}, {high}{right}"
-
-    return check
+            return expected
+        ok_low = v > self.low if self.low_open else v >= self.low
+        ok_high = v < self.high if self.high_open else v <= self.high
+        return None if ok_low and ok_high else expected
 
 
-def pair(rule: Rule) -> Rule:
+class pair:
     """A pair ``(a, b)`` whose elements satisfy ``rule``."""
 
-    def check(v):
+    def __init__(self, rule: Rule):
+        self.rule = rule
+
+    def __call__(self, v):
         if not isinstance(v, (tuple, list)) or len(v) != 2:
             return "a pair (a, b)"
         for x in v:
-            msg = rule(x)
+            msg = self.rule(x)
             if msg is not None:
                 return f"a pair of {msg}"
         return None
 
-    return check
+
+def norm_order(v):
+    """A norm order: a number > 0 or ``inf``."""
+    ok = _is_real(v) and (v == math.inf or (math.isfinite(v) and v > 0))
+    return None if ok else "a number > 0 or inf"
+
+
+def nonzero(v):
+    """A finite number other than 0."""
+    return None if _finite(v) and v != 0 else "a finite nonzero number"
 
 
 def check_value(owner: str, name: str, value, rule: Rule) -> None:

@@ -80,6 +80,7 @@ class StepContext:
         "_den",
         "_pcoef",
         "skip_update",
+        "stop_chain",
         "module",
         "step_index",
         "extra",
@@ -100,6 +101,7 @@ class StepContext:
         self._den = None  # pending denominator: update = _update / _den (then * _scale)
         self._pcoef = None  # pending parameter term: update += _pcoef * params
         self.skip_update = False  # a module already moved the parameters
+        self.stop_chain = False  # no later module of this step runs (forks have their own flag)
         self.module = None  # module currently running (for error messages)
         self.step_index = step_index
         self.extra: dict = {}  # scratch space modules may share within a step
@@ -297,7 +299,7 @@ class StepContext:
         child._grads = self._grads
         child._update = self.update if update is None else list(update)
         child._owned, child._scale, child._den, child._pcoef = False, None, None, None
-        child.skip_update, child.module = False, self.module
+        child.skip_update, child.stop_chain, child.module = False, False, self.module
         child.step_index, child.extra, child.parent = self.step_index, self.extra, self
         return child
 

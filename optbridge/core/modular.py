@@ -6,10 +6,13 @@ update from the parameters in place.
 Param groups may override any module hyperparameter by name; the override reaches only modules
 that declare that name, and a name no module declares is an error.
 
-Learning rate: ``group["lr"]`` is the ``lr`` of every module that declares ``lr`` (``LR`` and
-friends), so every ``torch.optim.lr_scheduler`` works. Without a group value, ``lr`` defaults to
-the chain's ``LR`` default. In a chain where no module declares ``lr``, the group's ``lr``
-(default 1.0) multiplies the final update, so a scheduler still scales the steps.
+Learning rate: ``group["lr"]`` is the ``lr`` of every module that declares ``lr`` (``LR``), so
+every ``torch.optim.lr_scheduler`` works. Without a group value, ``lr`` defaults to the chain's
+``LR`` default. When several ``LR`` modules have different defaults (e.g. inside ``Alternate``)
+and the group sets no ``lr``, the group has no ``lr`` key and each module keeps its own; a
+scheduler then needs an explicit group ``lr`` (which all of them follow) — or use ``StepSize``
+for fixed factors. In a chain where no module declares ``lr``, the group's ``lr`` (default 1.0)
+multiplies the final update, so a scheduler still scales the steps.
 """
 
 from __future__ import annotations
@@ -70,7 +73,6 @@ class Modular(torch.optim.Optimizer):
         self._layout_ids: tuple = ()
         self._has_complex = False
         super().__init__(params, self._scheduler_defaults())
-        self._check_lr_ambiguity()
 
     def _agreed_default(self, key: str):
         """The default all modules declaring ``key`` share, ``_DISAGREE`` if they differ."""
@@ -80,9 +82,11 @@ class Modular(torch.optim.Optimizer):
         return values[0] if all(v == values[0] for v in values) else _DISAGREE
 
     def _scheduler_defaults(self) -> dict:
-        """The group keys torch schedulers read: ``lr`` always (1.0 multiplies the final update
-        when no module declares it), ``momentum`` and ``betas`` when the chain declares them and
-        its modules agree on the defaults (``CyclicLR``/``OneCycleLR`` cycle them)."""
+        """The group keys torch schedulers read: ``lr`` (1.0 multiplies the final update when no
+        module declares it; absent when ``LR`` modules disagree on their defaults, each then
+        using its own unless the group sets one lr for all), ``momentum`` and ``betas`` when the
+        chain declares them and its modules agree on the defaults (``CyclicLR``/``OneCycleLR``
+        cycle them)."""
         out = {}
         lr = self._agreed_default("lr")
         if lr is _MISSING:
@@ -130,18 +134,6 @@ class Modular(torch.optim.Optimizer):
             for k in m.defaults:
                 out.setdefault(k, []).append(m)
         return out
-
-    def _check_lr_ambiguity(self) -> None:
-        if "lr" not in self.defaults:
-            for g in self.param_groups:
-                if "lr" not in g:
-                    names = [repr(m) for m in self._declared["lr"]]
-                    raise ValueError(
-                        "Modular: modules declare different default lr ("
-                        + ", ".join(names)
-                        + "); a param group holds one lr. Pass lr in the param groups, or use "
-                        "StepSize for fixed factors that schedulers must not change."
-                    )
 
     def add_param_group(self, param_group: dict) -> None:
         if not isinstance(param_group, dict):

@@ -326,6 +326,8 @@ class Chain(Module):
         for m in self.children.values():
             ctx.module = m
             m.step(ctx)
+            if ctx.stop_chain:
+                break
         ctx.module = outer
 
 

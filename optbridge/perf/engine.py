@@ -43,8 +43,7 @@ def allocated_bytes_per_step(opt, steps: int = 5) -> float:
                                 profile_memory=True) as prof:
         for _ in range(steps):
             opt.step()
-    total = sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0
-                and e.cpu_parent is None)
+    total = sum(e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0)
     return total / steps
 
 

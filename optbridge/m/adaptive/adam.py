@@ -47,7 +47,13 @@ class Adam(Transform):
         if s["amsgrad"]:
             second = part.buffers("max_exp_avg_sq")
             torch._foreach_maximum_(second, exp_avg_sq)
-        denom = torch._foreach_sqrt(second)
+        if part.update_owned and not s["maximize"]:
+            # the incoming update is this step's private buffer and is no longer needed
+            denom = update
+            for d, v in zip(denom, second):
+                torch.sqrt(v, out=d)
+        else:
+            denom = torch._foreach_sqrt(second)
         if s["debias"]:
             torch._foreach_div_(denom, fe.scalar_map(lambda t: (1 - beta2**t) ** 0.5, step))
         torch._foreach_add_(denom, eps)
