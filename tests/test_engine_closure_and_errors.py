@@ -253,3 +253,44 @@ def test_replaced_closure_reaches_downstream_modules_only():
     opt.step(_closure_for(ps, opt, calls))
     assert probe_after.values[0] == pytest.approx(2 * probe_before.values[0])
     assert opt.evals.loss == 2  # the replaced closure still counts through the original
+
+
+class MoveAndEvaluate(ob.Module):
+    """Test module: moves the parameters by -0.1*update, then evaluates there with backward
+    (like a line search accepting its last trial)."""
+
+    def step(self, ctx):
+        torch._foreach_add_(ctx.params, ctx.update, alpha=-0.1)
+        ctx.evaluate(backward=True)
+        ctx.skip_update = True
+
+
+def test_reuse_evaluation_skips_the_repeated_start_evaluation():
+    def run(reuse, new_closure_each_step=False):
+        ps = make_params(0)
+        opt = ob.Modular(ps, MoveAndEvaluate(), reuse_evaluation=reuse)
+        calls = []
+        closure = _closure_for(ps, opt, calls)
+        for _ in range(5):
+            opt.step(_closure_for(ps, opt, calls) if new_closure_each_step else closure)
+        return [p.detach().clone() for p in ps], opt.evals.loss_and_grad
+
+    ref, n_ref = run(False)
+    ours, n_ours = run(True)
+    assert (n_ref, n_ours) == (10, 6)
+    for a, b in zip(ref, ours):
+        assert torch.equal(a, b)
+    _, n_new = run(True, new_closure_each_step=True)  # another closure object: no reuse
+    assert n_new == 10
+
+
+def test_reuse_evaluation_not_used_after_parameters_change():
+    ps = make_params(0)
+    opt = ob.Modular(ps, MoveAndEvaluate(), reuse_evaluation=True)
+    calls = []
+    closure = _closure_for(ps, opt, calls)
+    opt.step(closure)
+    with torch.no_grad():
+        ps[0].add_(1.0)  # the user moved a parameter: the recorded gradient is stale
+    opt.step(closure)
+    assert opt.evals.loss_and_grad == 4

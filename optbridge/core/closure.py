@@ -92,15 +92,16 @@ class CountedClosure:
     ``owner`` is a callable returning the name of the module currently running, for errors.
     """
 
-    __slots__ = ("fn", "counts", "takes_backward", "owner")
+    __slots__ = ("fn", "counts", "takes_backward", "owner", "on_backward")
 
-    def __init__(self, fn, counts: EvalCounts, owner):
+    def __init__(self, fn, counts: EvalCounts, owner, on_backward=None):
         if not callable(fn):
             raise TypeError(f"Modular.step: closure must be callable, got {type(fn).__name__}")
         self.fn = fn
         self.counts = counts
         self.takes_backward = accepts_backward(fn)
         self.owner = owner
+        self.on_backward = on_backward  # called with the loss after each backward evaluation
 
     def __call__(self, backward: bool = True):
         if backward:
@@ -116,4 +117,7 @@ class CountedClosure:
                 )
             loss = self.fn(False)
             self.counts.loss += 1
-        return check_loss(loss, self.owner(), backward)
+        loss = check_loss(loss, self.owner(), backward)
+        if backward and self.on_backward is not None:
+            self.on_backward(loss)
+        return loss

@@ -199,8 +199,8 @@ class StepContext:
 
     def _materialize_ratio(self):
         num, den, self._den = self._update, self._den, None
-        torch._foreach_reciprocal_(den)
-        torch._foreach_mul_(den, num)
+        for n, d in zip(num, den):  # one pass, one rounding; foreach has no ``out=``
+            torch.div(n, d, out=d)
         self._update, self._owned = den, True
 
     @property

@@ -42,6 +42,12 @@ class Modular(torch.optim.Optimizer):
         params: parameters or param groups, as for any torch optimizer. A group may set any
             hyperparameter declared by a module of the chain.
         *modules: module instances; a list is a sub-chain.
+        reuse_evaluation: for deterministic objectives (full batch): when a step starts exactly
+            where the previous step's last ``closure(backward=True)`` left the parameters and
+            gradients (same closure object, no parameter or gradient modified since), that loss
+            and gradient are reused instead of evaluating again. Line searches and trust
+            regions end on such a point, so this saves one evaluation per step. Off by default:
+            a closure that reads changing data (a new minibatch) would get a stale gradient.
 
     Attributes:
         evals: :class:`~optbridge.core.closure.EvalCounts`, closure evaluations so far.
@@ -51,7 +57,7 @@ class Modular(torch.optim.Optimizer):
         stop_reason: why it terminated.
     """
 
-    def __init__(self, params, *modules):
+    def __init__(self, params, *modules, reuse_evaluation: bool = False):
         if not modules:
             raise ValueError("Modular: needs at least one module")
         for i, m in enumerate(modules):
@@ -69,6 +75,10 @@ class Modular(torch.optim.Optimizer):
         self.num_steps = 0
         self.terminated = False
         self.stop_reason: str | None = None
+        if not isinstance(reuse_evaluation, bool):
+            raise TypeError("Modular: reuse_evaluation must be True or False")
+        self.reuse_evaluation = reuse_evaluation
+        self._last_eval = None  # (closure, loss, fingerprint) of the last backward evaluation
         self._layout_token = object()
         self._layout_ids: tuple = ()
         self._has_complex = False
@@ -228,10 +238,13 @@ class Modular(torch.optim.Optimizer):
         counted = None
         ctx = StepContext(self, None, None, None, None, self.num_steps)
         if closure is not None:
-            counted = CountedClosure(closure, self.evals, ctx.owner_name)
+            record = self._record_evaluation(closure) if self.reuse_evaluation else None
+            counted = CountedClosure(closure, self.evals, ctx.owner_name, record)
             ctx.closure = counted
         if counted is not None and self.chain.needs_grad:
-            ctx.loss = counted(True)
+            ctx.loss = self._reusable_loss(closure)
+            if ctx.loss is None:
+                ctx.loss = counted(True)
         if counted is None or self.chain.needs_grad:
             params, keys, spans = self._gather(_has_grad)
         else:
@@ -251,6 +264,28 @@ class Modular(torch.optim.Optimizer):
         ctx.apply_update()
         self.num_steps += 1
         return ctx.loss
+
+    # -------------------------------------------------------------------- evaluation reuse
+    def _fingerprint(self) -> tuple:
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                out.append((p._version, id(g), None if g is None else g._version))
+        return tuple(out)
+
+    def _record_evaluation(self, closure):
+        def record(loss):
+            self._last_eval = (closure, loss.detach(), self._fingerprint())
+        return record
+
+    def _reusable_loss(self, closure):
+        last = self._last_eval
+        if not self.reuse_evaluation or last is None or last[0] is not closure:
+            return None
+        if last[2] != self._fingerprint():
+            return None
+        return last[1]
 
     # ---------------------------------------------------------------------------- checkpoint
     def _signature(self) -> list[str]:

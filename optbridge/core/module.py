@@ -166,8 +166,8 @@ class Ratio:
         self.numerator, self.denominator = numerator, denominator
 
     def materialize(self) -> list:
-        torch._foreach_reciprocal_(self.denominator)
-        torch._foreach_mul_(self.denominator, self.numerator)
+        for n, d in zip(self.numerator, self.denominator):
+            torch.div(n, d, out=d)
         return self.denominator
 
 
