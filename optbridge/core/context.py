@@ -125,7 +125,7 @@ class StepContext:
         self.require_closure()
         loss = self.closure(backward)
         if backward:
-            self._grads = self._read_grads()
+            self._grads = self.read_grads()
         return loss
 
     def get_loss(self):
@@ -134,7 +134,8 @@ class StepContext:
             self.loss = self.evaluate(backward=False)
         return self.loss
 
-    def _read_grads(self):
+    def read_grads(self) -> list[torch.Tensor]:
+        """The gradients now in ``.grad`` (zeros where None), without changing ``ctx.grads``."""
         grads = []
         for p, k in zip(self.params, self.keys):
             g = k.grad
@@ -151,7 +152,7 @@ class StepContext:
             if self.closure is not None:
                 self.loss = self.evaluate(backward=True)
             else:
-                self._grads = self._read_grads()
+                self._grads = self.read_grads()
         return self._grads
 
     @grads.setter
@@ -278,6 +279,12 @@ class StepContext:
             torch._foreach_sub_(params, u)
         else:
             fe.add_scaled_(params, u, fe.scalar_map(lambda x: -x, scale))
+
+    @property
+    def layout_token(self):
+        """Changes whenever the set of parameters taking part or the state is reset or loaded:
+        a key for caches of per-parameter lists."""
+        return self.optimizer._layout_token
 
     def terminate(self, reason: str) -> None:
         """Stop the optimizer: this step still applies its update (unless a module skips it);

@@ -16,7 +16,9 @@ Scalar = "float | Sequence[float]"
 
 
 def is_list(x) -> bool:
-    return isinstance(x, (list, tuple))
+    """Whether ``x`` holds one value per parameter. Per-parameter values are always ``list``s; a
+    tuple is a single setting value (e.g. ``bracket=(0, 0.1)``)."""
+    return isinstance(x, list)
 
 
 def uniform(values: Sequence):

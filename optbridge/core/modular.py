@@ -254,7 +254,7 @@ class Modular(torch.optim.Optimizer):
                 raise RuntimeError("Modular: sparse gradients are not supported")
         ctx.params, ctx.keys, ctx.spans = params, keys, spans
         if ctx.loss is not None or closure is None:
-            ctx._grads = ctx._read_grads()
+            ctx._grads = ctx.read_grads()
         self.chain.step(ctx)
         ctx.module = None
         if not self._lr_consumed and params:

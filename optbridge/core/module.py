@@ -83,13 +83,23 @@ class Module:
     def uniform_setting(self, ctx: StepContext, key: str):
         """Setting ``key``, which must agree across the param groups of this step (a global
         quantity such as one norm threshold has one value); ``ValueError`` otherwise."""
-        value = self.settings(ctx, key)
-        if fe.is_list(value):
-            values = sorted({repr(v) for v in value})
-            raise ValueError(
-                f"{self.name}: {key} must be the same in every param group, got {', '.join(values)}"
-            )
-        return value
+        return self.uniform_settings(ctx, key)[0]
+
+    def uniform_settings(self, ctx: StepContext, *keys: str) -> tuple:
+        """Several settings that must each agree across the param groups of this step."""
+        spans = ctx.spans
+        if len(spans) == 1:
+            group = spans[0][0]
+            return tuple(group_value(group, k, self.defaults[k]) for k in keys)
+        out = []
+        for k in keys:
+            values = ctx.group_values(k, self.defaults[k])
+            first = values[0]
+            if any(v != first for v in values[1:]):
+                shown = ", ".join(sorted({repr(v) for v in values}))
+                raise ValueError(f"{self.name}: {k} must be the same in every param group, got {shown}")
+            out.append(first)
+        return tuple(out)
 
     def group_settings(self, group: dict) -> dict:
         """This module's settings for one param group."""

@@ -94,7 +94,7 @@ def make_torch(params):
 
 
 def make_ours(params):
-    return ob.Modular(params, m.LBFGS(history_size=HISTORY, sy_tol=1e-10),
+    return ob.Modular(params, m.LBFGS(history_size=HISTORY, sy_tol=1e-10, tol_grad=1e-7),
                       m.StrongWolfe(maxiter=MAX_EVAL, fallback=True, adaptive=False, maxzoom=None))
 
 
@@ -127,7 +127,8 @@ def run(steps: int, rounds: int) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30, help="optimizer steps per episode")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved episodes per optimizer")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")

@@ -132,7 +132,7 @@ class Split(Module):
 
     def _indices(self, ctx):
         keys = ctx.keys
-        token = (ctx.optimizer._layout_token, len(keys), id(keys[0]), id(keys[-1]))
+        token = (ctx.layout_token, len(keys), id(keys[0]), id(keys[-1]))
         if self._cache is not None and self._cache[0] == token:
             return self._cache[1]
         names = {}
