@@ -77,6 +77,7 @@ class StepContext:
         "_update",
         "_owned",
         "_scale",
+        "_tscale",
         "_den",
         "_pcoef",
         "skip_update",
@@ -98,6 +99,7 @@ class StepContext:
         self._update = None
         self._owned = False
         self._scale = None
+        self._tscale = None  # pending per-parameter 0-dim tensor factors (no host sync)
         self._den = None  # pending denominator: update = _update / _den (then * _scale)
         self._pcoef = None  # pending parameter term: update += _pcoef * params
         self.skip_update = False  # a module already moved the parameters
@@ -169,6 +171,8 @@ class StepContext:
             self._materialize_ratio()
         if self._scale is not None:
             self._materialize_scale()
+        if self._tscale is not None:
+            self._materialize_tensor_scale()
         if self._pcoef is not None:
             self._materialize_params_term()
         return self._update
@@ -178,13 +182,13 @@ class StepContext:
         """Assign a borrowed update (a state buffer or someone else's tensors)."""
         self._update = value if isinstance(value, list) else list(value)
         self._owned = False
-        self._scale = self._den = self._pcoef = None
+        self._scale = self._tscale = self._den = self._pcoef = None
 
     def set_update(self, value, owned: bool = True) -> None:
         """Assign the update; ``owned=True`` for tensors allocated by the caller for this step."""
         self._update = value if isinstance(value, list) else list(value)
         self._owned = owned
-        self._scale = self._den = self._pcoef = None
+        self._scale = self._tscale = self._den = self._pcoef = None
 
     def set_update_ratio(self, numerator, denominator) -> None:
         """Set ``update = numerator / denominator`` lazily.
@@ -196,12 +200,20 @@ class StepContext:
         self._update = numerator if isinstance(numerator, list) else list(numerator)
         self._den = denominator if isinstance(denominator, list) else list(denominator)
         self._owned = False
-        self._scale = self._pcoef = None
+        self._scale = self._tscale = self._pcoef = None
 
     def _materialize_ratio(self):
-        num, den, self._den = self._update, self._den, None
-        for n, d in zip(num, den):  # one pass, one rounding; foreach has no ``out=``
-            torch.div(n, d, out=d)
+        """``den <- scale * num / den`` in one pass per tensor (foreach has no ``out=``)."""
+        num, den, scale = self._update, self._den, self._scale
+        self._den = self._scale = None
+        if scale is None:
+            for n, d in zip(num, den):
+                torch.div(n, d, out=d)
+        else:
+            zero = torch.zeros((), dtype=den[0].dtype, device=den[0].device)
+            scales = scale if fe.is_list(scale) else [scale] * len(den)
+            for n, d, s in zip(num, den, scales):
+                torch.addcdiv(zero, n, d, value=s, out=d)
         self._update, self._owned = den, True
 
     @property
@@ -217,29 +229,46 @@ class StepContext:
         return u
 
     def scale_update(self, factor) -> None:
-        """Multiply the update by ``factor``: a number or one per parameter (applied lazily,
-        folded into the final parameter update), or a 0-dim tensor (applied now, without a
-        host sync)."""
-        if isinstance(factor, torch.Tensor):
-            u = self.mutable_update()
-            torch._foreach_mul_(u, factor)
-            return
+        """Multiply the update by ``factor``, lazily: a number or a list with one number per
+        parameter, or a 0-dim tensor or a list of 0-dim tensors (one per parameter; kept on
+        the device, no host sync). Pending factors are folded into the final parameter update
+        when nothing reads the update in between."""
         if self._update is None:
             self._update = self.grads
             self._owned = False
-        self._scale = factor if self._scale is None else _mul(self._scale, factor, len(self.params))
+        n = len(self.params)
+        if isinstance(factor, torch.Tensor) or (fe.is_list(factor) and factor
+                                                and isinstance(factor[0], torch.Tensor)):
+            factors = [factor] * n if isinstance(factor, torch.Tensor) else list(factor)
+            if self._den is not None or self._pcoef is not None:
+                u = self.mutable_update()
+                torch._foreach_mul_(u, factors)
+            elif self._tscale is None:
+                self._tscale = factors
+            else:
+                self._tscale = torch._foreach_mul(self._tscale, factors)
+            return
+        self._scale = factor if self._scale is None else _mul(self._scale, factor, n)
         if self._pcoef is not None:
-            self._pcoef = _mul(self._pcoef, factor, len(self.params))
+            self._pcoef = _mul(self._pcoef, factor, n)
+
+    def _materialize_tensor_scale(self):
+        factors, self._tscale = self._tscale, None
+        if self._owned:
+            torch._foreach_mul_(self._update, factors)
+        else:
+            self._update = torch._foreach_mul(self._update, factors)
+            self._owned = True
 
     def add_params_term(self, coef) -> None:
         """``update += coef * params`` (coef a number or one per parameter), lazily.
 
-        When the update is a pending ratio (Adam-like modules), the term is folded into the
-        final parameter update as ``params *= 1 - lr * coef`` before the ratio is applied, which
-        is torch.optim.AdamW's order and saves materialising the ratio. Otherwise it is added
-        now (same cost), in torch.optim.SGD's order.
+        When the update is a pending ratio (Adam-like modules) or carries pending tensor
+        factors, the term is folded into the final parameter update as ``params *= 1 - lr *
+        coef`` before the rest is applied, which is torch.optim.AdamW's order and saves a pass.
+        Otherwise it is added now (same cost), in torch.optim.SGD's order.
         """
-        if self._den is None:
+        if self._den is None and self._tscale is None:
             u = self.update
             if self._owned:
                 fe.add_scaled_(u, self.params, coef)
@@ -275,6 +304,11 @@ class StepContext:
         if self._den is not None:
             neg = -1.0 if scale is None else fe.scalar_map(lambda x: -x, scale)
             torch._foreach_addcdiv_(params, u, self._den, neg)
+        elif self._tscale is not None:
+            negs = [-1.0] * len(params) if scale is None else (
+                [-x for x in scale] if fe.is_list(scale) else [-scale] * len(params))
+            for p, x, t, v in zip(params, u, self._tscale, negs):
+                p.addcmul_(x, t, value=v)
         elif scale is None:
             torch._foreach_sub_(params, u)
         else:
@@ -306,6 +340,7 @@ class StepContext:
         child._grads = self._grads
         child._update = self.update if update is None else list(update)
         child._owned, child._scale, child._den, child._pcoef = False, None, None, None
+        child._tscale = None
         child.skip_update, child.stop_chain, child.module = False, False, self.module
         child.step_index, child.extra, child.parent = self.step_index, self.extra, self
         return child

@@ -16,9 +16,10 @@ Scalar = "float | Sequence[float]"
 
 
 def is_list(x) -> bool:
-    """Whether ``x`` holds one value per parameter. Per-parameter values are always ``list``s; a
-    tuple is a single setting value (e.g. ``bracket=(0, 0.1)``)."""
-    return isinstance(x, list)
+    """Whether ``x`` holds one value per parameter (a list, or the tuple a ``torch._foreach_*``
+    op returns). Settings whose value is itself a tuple (``bracket=(0, 0.1)``) are read with
+    ``Module.uniform_settings``, which compares group values and never calls this."""
+    return isinstance(x, (list, tuple))
 
 
 def uniform(values: Sequence):

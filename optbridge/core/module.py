@@ -195,8 +195,9 @@ class Part:
         self.output_scale = None
 
     def scale_output(self, factor) -> None:
-        """Multiply the returned update by ``factor`` (number or per-parameter list), lazily:
-        folded into the parameter update when nothing downstream reads it."""
+        """Multiply the returned update by ``factor`` (a number, a 0-dim tensor, or a list of
+        either, one per parameter), lazily: folded into the parameter update when nothing
+        downstream reads it."""
         if self.output_scale is None:
             self.output_scale = factor
         elif not fe.is_list(self.output_scale) and not fe.is_list(factor):
@@ -291,8 +292,14 @@ class Transform(Module):
             for i, t in zip(idx, res):
                 out[i] = t
             if part.output_scale is not None:
+                factors = _as_list(part.output_scale, len(idx))
+                if any(isinstance(f, torch.Tensor) for f in factors):
+                    res = [r * f for r, f in zip(res, factors)]  # tensors: applied now
+                    for i, t in zip(idx, res):
+                        out[i] = t
+                    continue
                 scaled = True
-                for i, f in zip(idx, _as_list(part.output_scale, len(idx))):
+                for i, f in zip(idx, factors):
                     scales[i] = f
         self._finish(ctx, out if owned else Borrowed(out), scales if scaled else None)
 

@@ -31,7 +31,7 @@ def norms(tensors: list, tensorwise, ord) -> Norms:
     with one per tensor, or a single 0-dim tensor when every tensor shares one global norm.
     ``tensorwise`` and ``ord`` may be per-parameter lists (groups that disagree)."""
     if not fe.is_list(tensorwise) and not fe.is_list(ord):
-        return torch._foreach_norm(tensors, ord) if tensorwise else fe.global_norm(tensors, ord)
+        return list(torch._foreach_norm(tensors, ord)) if tensorwise else fe.global_norm(tensors, ord)
     n = len(tensors)
     out: list = [None] * n
     buckets: dict = {}
