@@ -17,7 +17,6 @@ import math
 
 import torch
 
-from ...core.context import group_value
 from ...core.module import Module
 
 #: reasons recorded in ``global_state["reason"]``

@@ -37,14 +37,3 @@ def add_to(update, term, alpha, owned: bool):
     torch._foreach_mul_(term, alpha)
     torch._foreach_add_(term, update)
     return term
-
-
-def add_penalty(update, params, weight_decay: float, ord: float, owned: bool):
-    """``update + weight_decay * penalty_direction(params)``, in place when ``owned``, else
-    into one new buffer per parameter. Returns the result."""
-    if ord == 2:
-        if owned:
-            torch._foreach_add_(update, params, alpha=weight_decay)
-            return update
-        return torch._foreach_add(update, params, alpha=weight_decay)
-    return add_to(update, penalty_direction(params, ord), weight_decay, owned)

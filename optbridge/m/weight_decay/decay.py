@@ -6,9 +6,9 @@ import torch
 
 from ...core import checks
 from ...core import foreach as fe
-from ...core.module import Borrowed, Module, Transform
+from ...core.module import Module
 from ..step_size._common import uniform_setting
-from ._penalty import ORD_RULE, add_penalty, penalty_direction
+from ._penalty import ORD_RULE, penalty_direction
 
 
 class WeightDecay(Module):
