@@ -69,3 +69,12 @@ def test_custom_module_example_trains():
     losses = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("step")]
     assert losses[-1] < 0.05 * losses[0]
     assert "momentum" in out.splitlines()[-1]
+
+
+def test_derivative_free_example_converges_without_gradients():
+    out = _run_example("derivative_free.py")
+    rows = [line for line in out.splitlines() if " f = " in line]
+    values = [float(r.split(" f = ")[1].split()[0]) for r in rows]
+    evals = [r.split("loss+grad evals")[1].split() for r in rows]
+    assert values[0] < 1e-8 and values[1] < 1e-8 and values[2] < 1.0
+    assert [int(e[0]) for e in evals[1:]] == [0, 0]  # zeroth-order rows used no gradients
