@@ -82,3 +82,35 @@ def dot(a: TensorList, b: TensorList) -> torch.Tensor:
 
 def numel(tensors: TensorList) -> int:
     return sum(t.numel() for t in tensors)
+
+
+def state_buffers(states: list[dict], params: TensorList, name: str) -> TensorList:
+    """State tensor ``name`` of each parameter (``states[i][name]``), zero-initialised like the
+    parameter on first use."""
+    out = []
+    for s, p in zip(states, params):
+        b = s.get(name)
+        if b is None:
+            b = s[name] = torch.zeros_like(p)
+        out.append(b)
+    return out
+
+
+def previous_params(states: list[dict], params: TensorList,
+                    key: str = "prev_params") -> TensorList | None:
+    """The copies of the parameters stored in ``states[i][key]`` at the previous call; ``None``
+    when some parameter has none yet, in which case copies of ``params`` are stored."""
+    if any(key not in s for s in states):
+        for s, p in zip(states, params):
+            s[key] = p.detach().clone()
+        return None
+    return [s[key] for s in states]
+
+
+def change_norm_(prev: TensorList, params: TensorList, ord: float) -> torch.Tensor:
+    """Norm (over all tensors) of ``params - prev``; ``prev`` is overwritten, ending equal to
+    ``params``."""
+    torch._foreach_sub_(prev, params)
+    norm = global_norm(prev, ord)
+    torch._foreach_copy_(prev, params)
+    return norm

@@ -106,6 +106,19 @@ def tensor_norms(tensors: list, ord: float) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors, ord))
 
 
+def previous_norms(states: list, key: str, norms: torch.Tensor) -> list[torch.Tensor]:
+    """The per-tensor norms kept in ``states[i][key]`` (the state tensors themselves, to be
+    updated in place); a tensor with none yet starts from its current norm ``norms[i]`` (stored
+    as a copy)."""
+    prev = []
+    for i, st in enumerate(states):
+        r = st.get(key)
+        if r is None:
+            r = st[key] = norms[i].clone()
+        prev.append(r)
+    return prev
+
+
 def reduce_dims(t: torch.Tensor, dim, inverse_dims: bool) -> tuple[int, ...]:
     """The dimensions of ``t`` to reduce over (``()``: leave ``t`` alone). A 0-dim tensor is
     treated as 1-D; dimensions ``t`` does not have are dropped."""

@@ -14,6 +14,7 @@ from ._common import (
     complex_views,
     global_state_key,
     norm_order,
+    previous_norms,
     scale,
 )
 
@@ -88,12 +89,7 @@ class ClipNormByEMA(OwnershipTransform):
         ema_coef = None
         if growth is not None:
             if tensorwise:
-                prev_list = []
-                for i, st in enumerate(part.states):
-                    r = st.get("prev_ema_norm")
-                    if r is None:
-                        r = st["prev_ema_norm"] = ema_norm[i].clone()
-                    prev_list.append(r)
+                prev_list = previous_norms(part.states, "prev_ema_norm", ema_norm)
                 prev = torch.stack(prev_list)
             else:
                 key = global_state_key(part, "prev_ema_norm")

@@ -13,6 +13,7 @@ from ._common import (
     global_norm,
     global_state_key,
     norm_order,
+    previous_norms,
     scale,
     tensor_norms,
 )
@@ -79,12 +80,7 @@ class ClipNormGrowth(OwnershipTransform):
         views = complex_views(update, complex_flags(part))
         if s["tensorwise"]:
             norm = tensor_norms(views, s["ord"])
-            prev_list = []
-            for i, st in enumerate(part.states):
-                r = st.get("prev_norm")
-                if r is None:
-                    r = st["prev_norm"] = norm[i].clone()
-                prev_list.append(r)
+            prev_list = previous_norms(part.states, "prev_norm", norm)
             prev = torch.stack(prev_list)
         else:
             key = global_state_key(part, "prev_norm")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ...core import foreach as fe
-from ._base import (FORMULAS, POINTS_LIMIT, GradApproximator, Layout, Plan, fill_directions,
-                    h_per_group, move, restore)
-from .rfdm import _random_rules
+from ._base import (POINTS_LIMIT, GradApproximator, Plan, fill_directions, h_per_group, move,
+                    restore)
+from .rfdm import _random_plan, _random_rules
 
 
 class MeZO(GradApproximator):
@@ -51,10 +51,7 @@ class MeZO(GradApproximator):
         )
 
     def prepare(self, ctx) -> Plan:
-        h, formula, n, distribution, pre_generate, seed = self.read_settings(
-            ctx, "formula", "n_samples", "distribution", "pre_generate", "seed")
-        plan = Plan(ctx.params, ctx.keys, Layout(ctx.params), h, FORMULAS[formula], n,
-                    distribution, pre_generate, seed)
+        plan = _random_plan(self, ctx)
         if plan.pre_generate:
             plan.draw_seed = self.next_seed(plan.seed_setting)
         return plan

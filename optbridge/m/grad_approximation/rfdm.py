@@ -22,6 +22,15 @@ def _random_rules() -> dict:
     )
 
 
+def _random_plan(module, ctx) -> Plan:
+    """The plan of a step of a random-direction estimator, from its settings ``h``,
+    ``formula``, ``n_samples``, ``distribution``, ``pre_generate`` and ``seed``."""
+    h, formula, n, distribution, pre_generate, seed = module.read_settings(
+        ctx, "formula", "n_samples", "distribution", "pre_generate", "seed")
+    return Plan(ctx.params, ctx.keys, Layout(ctx.params), h, FORMULAS[formula], n,
+                distribution, pre_generate, seed)
+
+
 def estimate_from_directions(directions: list[torch.Tensor], slopes: torch.Tensor,
                              flats: list[torch.Tensor], x0: list[torch.Tensor], h=None) -> None:
     """``flats <- sum_k slopes[k] * u_k`` per group (``directions`` are ``(n, group size)``,
@@ -87,11 +96,8 @@ class RandomizedFDM(GradApproximator):
         )
 
     def prepare(self, ctx) -> Plan:
-        h, formula, n, distribution, pre_generate, seed = self.read_settings(
-            ctx, "formula", "n_samples", "distribution", "pre_generate", "seed")
-        plan = Plan(ctx.params, ctx.keys, Layout(ctx.params), h, FORMULAS[formula], n,
-                    distribution, pre_generate, seed)
-        if pre_generate:
+        plan = _random_plan(self, ctx)
+        if plan.pre_generate:
             plan.directions = self.draw(plan)
         return plan
 

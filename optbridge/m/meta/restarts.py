@@ -97,18 +97,13 @@ class RestartOnStuck(_Restart):
     def should_reset(self, ctx) -> bool:
         if not ctx.params:
             return False
-        states = self.param_states(ctx)
-        if any("prev_params" not in s for s in states):
-            for s, p in zip(states, ctx.params):
-                s["prev_params"] = p.detach().clone()
+        prev = fe.previous_params(self.param_states(ctx), ctx.params)
+        if prev is None:
             return False
         tol = self.uniform_setting(ctx, "tol")
         if tol is None:
             tol = torch.finfo(ctx.params[0].dtype).tiny * 2
-        prev = [s["prev_params"] for s in states]
-        torch._foreach_sub_(prev, ctx.params)
-        change = fe.global_norm(prev, float("inf"))
-        torch._foreach_copy_(prev, ctx.params)
+        change = fe.change_norm_(prev, ctx.params, float("inf"))
         fails = self.global_state.get("n_bad", 0) + 1 if bool(change <= tol) else 0
         reset = fails >= self.uniform_setting(ctx, "n_tol")
         self.global_state["n_bad"] = 0 if reset else fails

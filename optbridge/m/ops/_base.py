@@ -182,6 +182,18 @@ def apply_unary(x: Operand, inplace: Callable, outplace: Callable) -> Operand:
     return Operand(outplace(x.tensors), True)
 
 
+def power(ctx, base, exponent) -> None:
+    """Make ``base ** exponent`` the context's update. ``base`` is an :class:`Operand` (then
+    ``exponent`` may also be a scalar) or a scalar (number or per-parameter list; then
+    ``exponent`` is an :class:`Operand`)."""
+    if isinstance(base, Operand):
+        finish(ctx, apply_binary(base, exponent, torch._foreach_pow_, torch._foreach_pow))
+    elif fe.is_list(base):
+        ctx.set_update([torch.pow(b, t) for b, t in zip(base, exponent.tensors)])
+    else:
+        ctx.set_update(torch._foreach_pow(base, exponent.tensors))
+
+
 def clip(x: Operand, lo, hi) -> Operand:
     """``min(max(x, lo), hi)`` where each bound is ``None``, a scalar or an :class:`Operand`."""
     if lo is not None and x.owned and isinstance(hi, Operand) and shares(x.tensors, hi.tensors):

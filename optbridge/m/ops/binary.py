@@ -21,12 +21,34 @@ from ._base import (
     current,
     finish,
     nonzero,
+    power,
     smul,
 )
 
 
 def _neg(s):
     return fe.scalar_map(lambda a: -a, s)
+
+
+class _Elementwise(Operation):
+    """Base of the ops :math:`u \\leftarrow u \\circ o` with one operand (a number or a module's
+    output), computed by :func:`apply_binary` with the torch ops in ``_ops``."""
+
+    _operand = "other"
+    _ops: tuple = ()  # (in-place op, out-of-place op)
+    _commutative = False
+    _rule = staticmethod(checks.number)  # rule of a number operand
+
+    def __init__(self, other):
+        super().__init__(operands={self._operand: (other, self._rule)})
+
+    def step(self, ctx) -> None:
+        if not ctx.params:
+            return
+        other = self.operand(ctx, self._operand)
+        inplace, outplace = self._ops
+        finish(ctx, apply_binary(current(ctx), other, inplace, outplace,
+                                 commutative=self._commutative))
 
 
 class Add(Operation):
@@ -87,7 +109,7 @@ class Sub(Operation):
         finish(ctx, res)
 
 
-class RSub(Operation):
+class RSub(_Elementwise):
     """Subtracts the update from a number or from a module's output.
 
     .. math:: u \\leftarrow o - u, \\qquad o = \\text{other or other}(u)
@@ -95,9 +117,6 @@ class RSub(Operation):
     Args:
         other: a number, or a module / list of modules run on the update.
     """
-
-    def __init__(self, other):
-        super().__init__(operands=dict(other=(other, checks.number)))
 
     def step(self, ctx) -> None:
         if not ctx.params:
@@ -113,7 +132,7 @@ class RSub(Operation):
         ctx.scale_update(-1.0)
 
 
-class Mul(Operation):
+class Mul(_Elementwise):
     """Multiplies the update by a number or by a module's output (elementwise).
 
     .. math:: u \\leftarrow u \\odot o, \\qquad o = \\text{other or other}(u)
@@ -123,9 +142,6 @@ class Mul(Operation):
     Args:
         other: a number, or a module / list of modules run on the update.
     """
-
-    def __init__(self, other):
-        super().__init__(operands=dict(other=(other, checks.number)))
 
     def step(self, ctx) -> None:
         if not ctx.params:
@@ -138,7 +154,7 @@ class Mul(Operation):
                                  commutative=True))
 
 
-class Div(Operation):
+class Div(_Elementwise):
     """Divides the update by a number or by a module's output (elementwise).
 
     .. math:: u \\leftarrow u / o, \\qquad o = \\text{other or other}(u)
@@ -149,8 +165,7 @@ class Div(Operation):
         other: a nonzero number, or a module / list of modules run on the update.
     """
 
-    def __init__(self, other):
-        super().__init__(operands=dict(other=(other, nonzero)))
+    _rule = staticmethod(nonzero)
 
     def step(self, ctx) -> None:
         if not ctx.params:
@@ -162,7 +177,7 @@ class Div(Operation):
         finish(ctx, apply_binary(current(ctx), other, torch._foreach_div_, torch._foreach_div))
 
 
-class RDiv(Operation):
+class RDiv(_Elementwise):
     """Divides a number or a module's output by the update (elementwise).
 
     .. math:: u \\leftarrow o / u, \\qquad o = \\text{other or other}(u)
@@ -170,9 +185,6 @@ class RDiv(Operation):
     Args:
         other: a number, or a module / list of modules run on the update.
     """
-
-    def __init__(self, other):
-        super().__init__(operands=dict(other=(other, checks.number)))
 
     def step(self, ctx) -> None:
         if not ctx.params:
@@ -186,7 +198,7 @@ class RDiv(Operation):
         ctx.scale_update(other)
 
 
-class Pow(Operation):
+class Pow(_Elementwise):
     """Raises the update to a power given by a number or by a module's output.
 
     .. math:: u \\leftarrow u^{e}, \\qquad e = \\text{exponent or exponent}(u)
@@ -195,17 +207,14 @@ class Pow(Operation):
         exponent: a number, or a module / list of modules run on the update.
     """
 
+    _operand = "exponent"
+    _ops = (torch._foreach_pow_, torch._foreach_pow)
+
     def __init__(self, exponent):
-        super().__init__(operands=dict(exponent=(exponent, checks.number)))
-
-    def step(self, ctx) -> None:
-        if not ctx.params:
-            return
-        exponent = self.operand(ctx, "exponent")
-        finish(ctx, apply_binary(current(ctx), exponent, torch._foreach_pow_, torch._foreach_pow))
+        super().__init__(exponent)
 
 
-class RPow(Operation):
+class RPow(_Elementwise):
     """Raises a number or a module's output to the power of the update.
 
     .. math:: u \\leftarrow o^{u}, \\qquad o = \\text{other or other}(u)
@@ -214,23 +223,13 @@ class RPow(Operation):
         other: the base: a number, or a module / list of modules run on the update.
     """
 
-    def __init__(self, other):
-        super().__init__(operands=dict(other=(other, checks.number)))
-
     def step(self, ctx) -> None:
         if not ctx.params:
             return
-        other = self.operand(ctx, "other")
-        u = current(ctx)
-        if isinstance(other, Operand):
-            finish(ctx, apply_binary(other, u, torch._foreach_pow_, torch._foreach_pow))
-        elif fe.is_list(other):
-            ctx.set_update([torch.pow(b, t) for b, t in zip(other, u.tensors)])
-        else:
-            ctx.set_update(torch._foreach_pow(other, u.tensors))
+        power(ctx, self.operand(ctx, "other"), current(ctx))
 
 
-class Maximum(Operation):
+class Maximum(_Elementwise):
     """Elementwise maximum of the update and a number or a module's output.
 
     .. math:: u \\leftarrow \\max(u, o), \\qquad o = \\text{other or other}(u)
@@ -239,18 +238,11 @@ class Maximum(Operation):
         other: a number, or a module / list of modules run on the update.
     """
 
-    def __init__(self, other):
-        super().__init__(operands=dict(other=(other, checks.number)))
-
-    def step(self, ctx) -> None:
-        if not ctx.params:
-            return
-        other = self.operand(ctx, "other")
-        finish(ctx, apply_binary(current(ctx), other, torch._foreach_maximum_,
-                                 torch._foreach_maximum, commutative=True))
+    _ops = (torch._foreach_maximum_, torch._foreach_maximum)
+    _commutative = True
 
 
-class Minimum(Operation):
+class Minimum(_Elementwise):
     """Elementwise minimum of the update and a number or a module's output.
 
     .. math:: u \\leftarrow \\min(u, o), \\qquad o = \\text{other or other}(u)
@@ -259,15 +251,8 @@ class Minimum(Operation):
         other: a number, or a module / list of modules run on the update.
     """
 
-    def __init__(self, other):
-        super().__init__(operands=dict(other=(other, checks.number)))
-
-    def step(self, ctx) -> None:
-        if not ctx.params:
-            return
-        other = self.operand(ctx, "other")
-        finish(ctx, apply_binary(current(ctx), other, torch._foreach_minimum_,
-                                 torch._foreach_minimum, commutative=True))
+    _ops = (torch._foreach_minimum_, torch._foreach_minimum)
+    _commutative = True
 
 
 class Clip(Operation):

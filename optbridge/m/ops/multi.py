@@ -20,6 +20,7 @@ from ._base import (
     clip,
     finish,
     nonzero,
+    power,
     smul,
 )
 
@@ -120,12 +121,7 @@ class PowModules(MultiOperation):
         if not ctx.params:
             return
         a, e = self.operands(ctx, "input", "exponent")
-        if isinstance(a, Operand):
-            finish(ctx, apply_binary(a, e, torch._foreach_pow_, torch._foreach_pow))
-        elif fe.is_list(a):
-            ctx.set_update([torch.pow(base, t) for base, t in zip(a, e.tensors)])
-        else:
-            ctx.set_update(torch._foreach_pow(a, e.tensors))
+        power(ctx, a, e)
 
 
 class LerpModules(MultiOperation):

@@ -66,7 +66,31 @@ def fold(outs: list[tuple[int, Operand]], inplace, outplace) -> Operand:
     return acc
 
 
-class Sum(Reduce):
+class _FoldReduce(Reduce):
+    """Base of the reductions by a commutative elementwise op (torch ops in ``_ops``): the module
+    inputs are folded, then the constants' combination (``_constant``; ``None``: nothing to
+    apply) is applied."""
+
+    _ops: tuple = ()  # (in-place op, out-of-place op)
+
+    def __init__(self, *inputs):
+        super().__init__(inputs)
+
+    def _constant(self):
+        raise NotImplementedError
+
+    def step(self, ctx) -> None:
+        if not ctx.params:
+            return
+        inplace, outplace = self._ops
+        acc = fold(self.evaluate(ctx), inplace, outplace)
+        c = self._constant()
+        if c is not None:
+            acc = apply_binary(acc, c, inplace, outplace)
+        finish(ctx, acc)
+
+
+class Sum(_FoldReduce):
     """Sum of the inputs.
 
     .. math:: u \\leftarrow \\sum_k a_k, \\qquad a_k = \\text{inputs}_k(u) \\text{ or a constant}
@@ -75,17 +99,11 @@ class Sum(Reduce):
         *inputs: numbers or modules / lists of modules run on the update.
     """
 
-    def __init__(self, *inputs):
-        super().__init__(inputs)
+    _ops = (torch._foreach_add_, torch._foreach_add)
 
-    def step(self, ctx) -> None:
-        if not ctx.params:
-            return
-        acc = fold(self.evaluate(ctx), torch._foreach_add_, torch._foreach_add)
+    def _constant(self):
         c = sum(self.constants.values())
-        if c != 0:
-            acc = apply_binary(acc, c, torch._foreach_add_, torch._foreach_add)
-        finish(ctx, acc)
+        return c if c != 0 else None
 
 
 class Mean(Sum):
@@ -215,7 +233,7 @@ class Prod(Reduce):
             ctx.scale_update(c)
 
 
-class MaximumModules(Reduce):
+class MaximumModules(_FoldReduce):
     """Elementwise maximum of the inputs.
 
     .. math:: u \\leftarrow \\max_k a_k, \\qquad a_k = \\text{inputs}_k(u) \\text{ or a constant}
@@ -224,20 +242,13 @@ class MaximumModules(Reduce):
         *inputs: numbers or modules / lists of modules run on the update.
     """
 
-    def __init__(self, *inputs):
-        super().__init__(inputs)
+    _ops = (torch._foreach_maximum_, torch._foreach_maximum)
 
-    def step(self, ctx) -> None:
-        if not ctx.params:
-            return
-        acc = fold(self.evaluate(ctx), torch._foreach_maximum_, torch._foreach_maximum)
-        if self.constants:
-            c = max(self.constants.values())
-            acc = apply_binary(acc, c, torch._foreach_maximum_, torch._foreach_maximum)
-        finish(ctx, acc)
+    def _constant(self):
+        return max(self.constants.values()) if self.constants else None
 
 
-class MinimumModules(Reduce):
+class MinimumModules(_FoldReduce):
     """Elementwise minimum of the inputs.
 
     .. math:: u \\leftarrow \\min_k a_k, \\qquad a_k = \\text{inputs}_k(u) \\text{ or a constant}
@@ -246,14 +257,7 @@ class MinimumModules(Reduce):
         *inputs: numbers or modules / lists of modules run on the update.
     """
 
-    def __init__(self, *inputs):
-        super().__init__(inputs)
+    _ops = (torch._foreach_minimum_, torch._foreach_minimum)
 
-    def step(self, ctx) -> None:
-        if not ctx.params:
-            return
-        acc = fold(self.evaluate(ctx), torch._foreach_minimum_, torch._foreach_minimum)
-        if self.constants:
-            c = min(self.constants.values())
-            acc = apply_binary(acc, c, torch._foreach_minimum_, torch._foreach_minimum)
-        finish(ctx, acc)
+    def _constant(self):
+        return min(self.constants.values()) if self.constants else None

@@ -64,8 +64,8 @@ class MSAM(Module):
         lerp = self.uniform_setting(ctx, "lerp")
         g = ctx.update
         states = self.param_states(ctx)
-        velocity = _buffers(states, ctx.params, "velocity")
-        pert = _buffers(states, ctx.params, "perturbation")
+        velocity = fe.state_buffers(states, ctx.params, "velocity")
+        pert = fe.state_buffers(states, ctx.params, "perturbation")
 
         sub = self.run_child(ctx, "modules", g)
         u = sub.mutable_update()
@@ -105,13 +105,3 @@ class MSAM(Module):
                     w = x.detach() + a
                     out.append(torch.view_as_complex(w) if p.is_complex() else w)
         return out
-
-
-def _buffers(states, params, name):
-    out = []
-    for s, p in zip(states, params):
-        b = s.get(name)
-        if b is None:
-            b = s[name] = torch.zeros_like(p)
-        out.append(b)
-    return out

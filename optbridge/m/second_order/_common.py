@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...core import checks
+from ...core import foreach as fe
 
 HVP_METHODS = ("autograd", "batched_autograd", "fd_forward", "fd_central")
 
@@ -102,13 +103,7 @@ def random_matrix(gen: torch.Generator, rows: int, cols: int, distribution: str,
 
 def param_buffers(states: list[dict], params: list[torch.Tensor], name: str) -> list[torch.Tensor]:
     """State tensor ``name`` of each parameter, zero-initialised on first use."""
-    out = []
-    for s, p in zip(states, params):
-        b = s.get(name)
-        if b is None:
-            b = s[name] = torch.zeros_like(p)
-        out.append(b)
-    return out
+    return fe.state_buffers(states, params, name)
 
 
 def next_count(states: list[dict], name: str):

@@ -8,7 +8,7 @@ from ...core import checks
 from ...core import foreach as fe
 from ...core.module import Module
 from ._common import SeededGenerator, hvp_method_rule, next_count, param_buffers
-from .hutchinson import hutchinson_diagonal
+from .hutchinson import scheduled_hutchinson
 from .newton import rhs
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
@@ -117,18 +117,8 @@ class AdaHessian(Module):
         params = ctx.params
         if not params:
             return
-        gs = self.global_state
-        step = gs.get("step", 0)
-        gs["step"] = step + 1
-        update_freq = self.uniform_setting(ctx, "update_freq")
-        states = self.param_states(ctx)
-        fresh = step % update_freq == 0 or any("hessian_step" not in st for st in states)
+        states, fresh, D = scheduled_hutchinson(self, ctx, "hessian_step")
         if fresh:
-            D = hutchinson_diagonal(
-                self, ctx, n_samples=self.uniform_setting(ctx, "n_samples"),
-                distribution=self.uniform_setting(ctx, "distribution"),
-                method=self.uniform_setting(ctx, "hvp_method"), h=self.uniform_setting(ctx, "h"),
-                seed=self.uniform_setting(ctx, "seed"))
             n = len(params)
             averaging, block = self.settings(ctx, "averaging", "block_size")
             D = [spatial_average(d, a, bs) for d, a, bs in

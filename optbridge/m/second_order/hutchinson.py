@@ -30,3 +30,27 @@ def hutchinson_diagonal(module, ctx, *, n_samples: int, distribution: str, metho
         HZ = op.mm_list(Zs, retain=False)
     torch._foreach_mul_(HZ, Zs)
     return [t.mean(0) for t in HZ]
+
+
+def scheduled_hutchinson(module, ctx, key: str):
+    """Advance ``module``'s step counter (``global_state["step"]``) and, when the estimate is due
+    (every ``update_freq`` steps, or when some parameter's state lacks ``key``), compute
+    :func:`hutchinson_diagonal` with the module's uniform settings ``n_samples``,
+    ``distribution``, ``hvp_method``, ``h`` and ``seed``.
+
+    Returns ``(param states, fresh, D)``; ``D`` is ``None`` when not ``fresh``.
+    """
+    gs = module.global_state
+    step = gs.get("step", 0)
+    gs["step"] = step + 1
+    update_freq = module.uniform_setting(ctx, "update_freq")
+    states = module.param_states(ctx)
+    fresh = step % update_freq == 0 or any(key not in st for st in states)
+    D = None
+    if fresh:
+        D = hutchinson_diagonal(
+            module, ctx, n_samples=module.uniform_setting(ctx, "n_samples"),
+            distribution=module.uniform_setting(ctx, "distribution"),
+            method=module.uniform_setting(ctx, "hvp_method"), h=module.uniform_setting(ctx, "h"),
+            seed=module.uniform_setting(ctx, "seed"))
+    return states, fresh, D

@@ -9,7 +9,7 @@ from ...core import foreach as fe
 from ...core.module import Module
 from ._common import SeededGenerator, hvp_method_rule, param_buffers
 from .adahessian import DISTRIBUTIONS
-from .hutchinson import hutchinson_diagonal
+from .hutchinson import scheduled_hutchinson
 from .newton import rhs
 
 
@@ -76,19 +76,7 @@ class SophiaH(Module):
         params = ctx.params
         if not params:
             return
-        gs = self.global_state
-        step = gs.get("step", 0)
-        gs["step"] = step + 1
-        update_freq = self.uniform_setting(ctx, "update_freq")
-        states = self.param_states(ctx)
-        fresh = step % update_freq == 0 or any("hess_diag" not in st for st in states)
-        D = None
-        if fresh:
-            D = hutchinson_diagonal(
-                self, ctx, n_samples=self.uniform_setting(ctx, "n_samples"),
-                distribution=self.uniform_setting(ctx, "distribution"),
-                method=self.uniform_setting(ctx, "hvp_method"), h=self.uniform_setting(ctx, "h"),
-                seed=self.uniform_setting(ctx, "seed"))
+        states, _, D = scheduled_hutchinson(self, ctx, "hess_diag")
         beta1, beta2, gamma, clip, eps = self.settings(
             ctx, "beta1", "beta2", "precond_scale", "clip", "eps")
         u = rhs(self, ctx)

@@ -130,15 +130,10 @@ class TerminateByUpdateNorm(TerminationCriteriaBase):
     def criterion(self, ctx) -> bool:
         if not ctx.params:
             return False
-        states = self.param_states(ctx)
-        if any("prev_params" not in s for s in states):
-            for s, p in zip(states, ctx.params):
-                s["prev_params"] = p.detach().clone()
+        prev = fe.previous_params(self.param_states(ctx), ctx.params)
+        if prev is None:
             return False
-        prev = [s["prev_params"] for s in states]
-        torch._foreach_sub_(prev, ctx.params)
-        norm = fe.global_norm(prev, float(self.setting(ctx, "ord")))
-        torch._foreach_copy_(prev, ctx.params)
+        norm = fe.change_norm_(prev, ctx.params, float(self.setting(ctx, "ord")))
         return bool(norm <= self.setting(ctx, "tol"))
 
     def describe(self, ctx) -> str:
