@@ -53,7 +53,7 @@ def test_loss_only_evaluation_does_not_touch_grads():
     opt.step(_closure_for(ps, opt, calls))
     # the probe is first but needs_grad is True for it, so the step evaluates with backward first
     assert calls == [True, False]
-    assert opt.chain.modules[0].values[0] == pytest.approx(float(loss_fn(ps)))
+    assert opt.chain.modules[0].values[0] == pytest.approx(float(loss_fn(ps).detach()))
 
 
 def test_zero_argument_closure_is_always_backward():
