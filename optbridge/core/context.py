@@ -80,6 +80,7 @@ class StepContext:
         "_tscale",
         "_den",
         "_pcoef",
+        "_target",
         "skip_update",
         "stop_chain",
         "module",
@@ -102,6 +103,7 @@ class StepContext:
         self._tscale = None  # pending per-parameter 0-dim tensor factors (no host sync)
         self._den = None  # pending denominator: update = _update / _den (then * _scale)
         self._pcoef = None  # pending parameter term: update += _pcoef * params
+        self._target = None  # pending target point: update = params - _target
         self.skip_update = False  # a module already moved the parameters
         self.stop_chain = False  # no later module of this step runs (forks have their own flag)
         self.module = None  # module currently running (for error messages)
@@ -164,6 +166,8 @@ class StepContext:
     # ----------------------------------------------------------------------------- the update
     @property
     def update(self) -> list[torch.Tensor]:
+        if self._target is not None:
+            self._materialize_target()
         if self._update is None:
             self._update = self.grads
             self._owned = False
@@ -182,13 +186,13 @@ class StepContext:
         """Assign a borrowed update (a state buffer or someone else's tensors)."""
         self._update = value if isinstance(value, list) else list(value)
         self._owned = False
-        self._scale = self._tscale = self._den = self._pcoef = None
+        self._scale = self._tscale = self._den = self._pcoef = self._target = None
 
     def set_update(self, value, owned: bool = True) -> None:
         """Assign the update; ``owned=True`` for tensors allocated by the caller for this step."""
         self._update = value if isinstance(value, list) else list(value)
         self._owned = owned
-        self._scale = self._tscale = self._den = self._pcoef = None
+        self._scale = self._tscale = self._den = self._pcoef = self._target = None
 
     def set_update_ratio(self, numerator, denominator) -> None:
         """Set ``update = numerator / denominator`` lazily.
@@ -200,7 +204,22 @@ class StepContext:
         self._update = numerator if isinstance(numerator, list) else list(numerator)
         self._den = denominator if isinstance(denominator, list) else list(denominator)
         self._owned = False
-        self._scale = self._tscale = self._pcoef = None
+        self._scale = self._tscale = self._pcoef = self._target = None
+
+    def set_target(self, values) -> None:
+        """Say where the parameters should end: ``update = params - values``, lazily.
+
+        When nothing reads or rescales the update afterwards, the engine copies ``values`` into
+        the parameters (one pass, bit-exact); otherwise the difference is materialised.
+        ``values`` must stay unchanged until the step ends (e.g. an adapter's shadow copies).
+        """
+        self._target = values if isinstance(values, list) else list(values)
+        self._update, self._owned = None, False
+        self._scale = self._tscale = self._den = self._pcoef = None
+
+    def _materialize_target(self):
+        target, self._target = self._target, None
+        self._update, self._owned = torch._foreach_sub(self.params, target), True
 
     def _materialize_ratio(self):
         """``den <- scale * num / den`` in one pass per tensor (foreach has no ``out=``)."""
@@ -233,6 +252,8 @@ class StepContext:
         parameter, or a 0-dim tensor or a list of 0-dim tensors (one per parameter; kept on
         the device, no host sync). Pending factors are folded into the final parameter update
         when nothing reads the update in between."""
+        if self._target is not None:
+            self._materialize_target()
         if self._update is None:
             self._update = self.grads
             self._owned = False
@@ -268,6 +289,8 @@ class StepContext:
         coef`` before the rest is applied, which is torch.optim.AdamW's order and saves a pass.
         Otherwise it is added now (same cost), in torch.optim.SGD's order.
         """
+        if self._target is not None:
+            self._materialize_target()
         if self._den is None and self._tscale is None:
             u = self.update
             if self._owned:
@@ -295,6 +318,10 @@ class StepContext:
     def apply_update(self) -> None:
         """``params -= update`` in place, with the pending factors folded in."""
         if self.skip_update or not self.params:
+            return
+        if self._target is not None:
+            torch._foreach_copy_(self.params, self._target)
+            self.optimizer._record_target(self._target, self.params)
             return
         if self._update is None:
             self._update = self.grads
@@ -340,7 +367,7 @@ class StepContext:
         child._grads = self._grads
         child._update = self.update if update is None else list(update)
         child._owned, child._scale, child._den, child._pcoef = False, None, None, None
-        child._tscale = None
+        child._tscale = child._target = None
         child.skip_update, child.stop_chain, child.module = False, False, self.module
         child.step_index, child.extra, child.parent = self.step_index, self.extra, self
         return child

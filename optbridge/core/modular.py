@@ -265,6 +265,19 @@ class Modular(torch.optim.Optimizer):
         self.num_steps += 1
         return ctx.loss
 
+    # ----------------------------------------------------------------------- target points
+    def _record_target(self, target: list, params: list) -> None:
+        self._last_target = (tuple(map(id, target)), tuple(map(id, params)),
+                             [t._version for t in target] + [p._version for p in params])
+
+    def params_at_target(self, target: list, params: list) -> bool:
+        """Whether ``params`` were last set by a step to exactly ``target`` (``set_target``) and
+        neither has been modified since (version counters)."""
+        last = getattr(self, "_last_target", None)
+        if last is None or last[0] != tuple(map(id, target)) or last[1] != tuple(map(id, params)):
+            return False
+        return [t._version for t in target] + [p._version for p in params] == last[2]
+
     # -------------------------------------------------------------------- evaluation reuse
     def _fingerprint(self) -> tuple:
         out = []
