@@ -5,4 +5,7 @@ torch.optim / pytorch-optimizer, Optax, SciPy, NLopt and Nevergrad are tracked i
 issue; this package is importable with torch alone and imports no optional framework.
 """
 
-__all__: list[str] = []
+from .optax import Optax
+from .torch_optimizer import TorchOptimizer
+
+__all__: list[str] = ["Optax", "TorchOptimizer"]
