@@ -294,3 +294,39 @@ def test_reuse_evaluation_not_used_after_parameters_change():
         ps[0].add_(1.0)  # the user moved a parameter: the recorded gradient is stale
     opt.step(closure)
     assert opt.evals.loss_and_grad == 4
+
+
+class ToTarget(ob.Module):
+    """Test module: the parameters should end at 0.5 * params (a target point)."""
+
+    def __init__(self):
+        super().__init__()
+        self.target = None
+
+    def step(self, ctx):
+        self.target = [p * 0.5 for p in ctx.params]
+        ctx.set_target(self.target)
+
+
+def test_set_target_is_applied_as_a_copy_or_materialised_for_readers():
+    ps = make_params(0)
+    for p in ps[:4]:
+        p.grad = torch.ones_like(p)
+    start = [p.detach().clone() for p in ps[:4]]
+    mod = ToTarget()
+    opt = ob.Modular(ps[:4], mod)
+    opt.step()
+    for p, s in zip(ps[:4], start):
+        assert torch.equal(p.detach(), s * 0.5)
+    assert opt.params_at_target(mod.target, ps[:4])
+    with torch.no_grad():
+        ps[0].add_(1.0)
+    assert not opt.params_at_target(mod.target, ps[:4])
+    # a module after it reads the update: params - target, then LR scales it
+    ps2 = make_params(0)[:4]
+    for p in ps2:
+        p.grad = torch.ones_like(p)
+    opt2 = ob.Modular([{"params": ps2, "lr": 0.5}], ToTarget(), m.LR(0.5))
+    opt2.step()
+    for p, s in zip(ps2, start):
+        torch.testing.assert_close(p.detach(), s - 0.5 * (s - s * 0.5))
