@@ -106,7 +106,9 @@ class ClipNormByEMA(OwnershipTransform):
         if ema_coef is None:
             return scale(update, list(coef.unbind(0)), self.owned(part))
         parts = torch.cat([coef, ema_coef, ema_norm]).unbind(0)
-        torch._foreach_mul_(ema, list(parts[k:2 * k]))
+        # on the CPU reading the coefficients costs nothing: skip the pass when none limits
+        if ema_coef.device.type != "cpu" or bool((ema_coef < 1).any()):
+            torch._foreach_mul_(ema, list(parts[k:2 * k]))
         torch._foreach_copy_(prev_list, list(parts[2 * k:]))
         return scale(update, list(parts[:k]), self.owned(part))
 
