@@ -6,6 +6,7 @@ issue; this package is importable with torch alone and imports no optional frame
 """
 
 from .optax import Optax
+from .solvers import NLopt
 from .torch_optimizer import TorchOptimizer
 
-__all__: list[str] = ["Optax", "TorchOptimizer"]
+__all__: list[str] = ["NLopt", "Optax", "TorchOptimizer"]

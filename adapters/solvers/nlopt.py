@@ -1,0 +1,173 @@
+"""``NLopt``: an NLopt algorithm as a chain module, advanced one evaluation per step.
+
+References: S. G. Johnson, The NLopt nonlinear-optimization package,
+https://github.com/stevengj/nlopt (algorithms: https://nlopt.readthedocs.io/en/latest/NLopt_Algorithms/).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import SolverModule
+
+_RESULTS = {1: "success", 2: "stopval reached", 3: "ftol reached", 4: "xtol reached",
+            5: "maxeval reached", 6: "maxtime reached"}
+
+
+def _import_nlopt():
+    try:
+        import nlopt
+    except ImportError:
+        raise ImportError("NLopt: needs the nlopt package; pip install optbridge[nlopt]") from None
+    return nlopt
+
+
+class NLopt(SolverModule):
+    """Minimizes the chain's closure with an NLopt algorithm.
+
+    Put it alone in a chain: ``Modular(params, NLopt("LN_BOBYQA", budget=200))`` and call
+    ``opt.step(closure)``. The parameters taking part (``requires_grad``, in ``ctx.params``
+    order; complex ones as real views) are flattened into one float64 vector ``x``; NLopt
+    minimizes ``closure(False)`` at ``x`` for derivative-free algorithms (``LN_*``, ``GN_*``)
+    and ``closure(True)`` plus the flattened gradients for gradient algorithms (``LD_*``,
+    ``GD_*``). Points are written into the parameters in place (``copy_``, so float32
+    parameters see the point rounded to float32).
+
+    Modes:
+
+    - ``"evaluation"`` (default): each ``step(closure)`` advances NLopt by exactly one objective
+      evaluation. NLopt is callback-driven, so ``opt.optimize`` runs in a worker thread
+      (:mod:`.worker`) whose callback hands each point to ``step`` and waits for the value.
+      ``step`` returns the loss at the evaluated point and leaves the parameters at the **best
+      point seen so far** (NaN/inf values count as evaluations but never become best). When
+      NLopt finishes (budget, tolerance, ``RoundoffLimited``, ``ForcedStop``) the step calls
+      ``ctx.terminate(reason)``; later steps do nothing and the parameters stay at the best
+      point.
+    - ``"solve"``: one ``step`` runs the whole solve and leaves the parameters at the best
+      point; needs a ``budget`` or a stopping criterion.
+
+    Conventions: minimization of the returned loss; no learning rate (do not chain ``LR``; the
+    engine's update is skipped, the module moves the parameters itself). The sequence of points
+    NLopt evaluates is bit-identical to calling ``nlopt`` directly with the same algorithm, x0,
+    bounds, budget and options on the same objective.
+
+    Lifecycle: the worker thread is stopped (``nlopt.ForcedStop`` raised inside the callback)
+    when NLopt finishes, when the closure raises, by :meth:`close`, or when the module is
+    garbage-collected (``weakref.finalize``).
+
+    Checkpoints: the running solver cannot be saved. ``state_dict()`` stores, in this module's
+    ``global_state``, ``best_x`` (float64 tensor), ``best_f`` and ``evaluations``. After
+    ``load_state_dict`` the next step **restarts** NLopt from ``best_x`` with the remaining
+    budget (the solver's internal model, e.g. BOBYQA's trust region, starts afresh).
+
+    Args:
+        algorithm: an NLopt algorithm name (``"LN_BOBYQA"``) or constant (``nlopt.LN_BOBYQA``).
+        budget: exactly this many objective evaluations in all (``maxeval``, also enforced by
+            raising ``nlopt.ForcedStop`` if NLopt asks for more). None: no limit.
+        bounds: ``None``, ``(low, high)`` for every parameter, or a list of one ``(low, high)``
+            (or None) per parameter; ``low``/``high`` numbers or tensors broadcastable to the
+            parameter, ``None`` for a one-sided bound. Required by ``GN_*`` algorithms.
+        mode: ``"evaluation"`` or ``"solve"``.
+        ftol_rel, xtol_rel: NLopt's relative tolerances (None: NLopt's default, disabled).
+        **options: ``opt.set_<name>(value)`` when NLopt has such a setter (``ftol_abs``,
+            ``xtol_abs``, ``stopval``, ``initial_step``, ``population``, ``maxtime``,
+            ``vector_storage``), else an algorithm parameter ``opt.set_param(name, value)``.
+    """
+
+    def __init__(self, algorithm, *, budget=None, bounds=None, mode: str = "evaluation",
+                 ftol_rel=None, xtol_rel=None, **options):
+        nlopt = _import_nlopt()
+        self.algorithm, self.algorithm_name = _resolve_algorithm(nlopt, algorithm)
+        super().__init__(budget, bounds, mode)
+        for key, v in (("ftol_rel", ftol_rel), ("xtol_rel", xtol_rel)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise ValueError(f"NLopt: {key} must be None or a number >= 0, got {v!r}")
+        self.ftol_rel, self.xtol_rel = ftol_rel, xtol_rel
+        for key in options:
+            if key in ("maxeval", "lower_bounds", "upper_bounds", "min_objective", "max_objective"):
+                raise ValueError(f"NLopt: option {key!r} is set by the adapter (use budget/bounds)")
+        self.options = dict(options)
+        if mode == "solve" and self.budget is None and not any(
+            k in options for k in ("ftol_abs", "xtol_abs", "stopval", "maxtime")
+        ) and ftol_rel is None and xtol_rel is None:
+            raise ValueError("NLopt: mode='solve' needs a budget or a stopping criterion")
+        self.uses_grad = self.algorithm_name[1:3] == "D_"  # LD_*, GD_*
+        self.stop_exc = nlopt.ForcedStop
+        self._opt = None
+
+    def __repr__(self) -> str:
+        return f"NLopt({self.algorithm_name!r}, budget={self.budget}, mode={self.mode!r})"
+
+    def _build(self, x0: np.ndarray, limits, budget):
+        nlopt = _import_nlopt()
+        opt = nlopt.opt(self.algorithm, x0.size)
+        try:
+            if limits is not None:
+                opt.set_lower_bounds(limits[0])
+                opt.set_upper_bounds(limits[1])
+            if budget.limit is not None:
+                opt.set_maxeval(budget.limit)
+            if self.ftol_rel is not None:
+                opt.set_ftol_rel(self.ftol_rel)
+            if self.xtol_rel is not None:
+                opt.set_xtol_rel(self.xtol_rel)
+            for k, v in self.options.items():
+                setter = getattr(opt, f"set_{k}", None)
+                if setter is not None:
+                    setter(v)
+                else:
+                    opt.set_param(k, v)
+        except (ValueError, TypeError, nlopt.invalid_argument) as e:
+            raise ValueError(f"NLopt ({self.algorithm_name}): {_message(e, opt)}") from None
+        self._opt = opt
+
+        def solve(request):  # worker thread; holds no reference to the module
+            def objective(x, grad):
+                budget.take()
+                f, g = request(np.array(x, dtype=np.float64, copy=True))
+                if grad.size > 0:
+                    grad[:] = g
+                return f
+
+            opt.set_min_objective(objective)
+            return opt.optimize(x0)
+
+        return solve
+
+    def _outcome(self, result, exc) -> str:
+        nlopt = _import_nlopt()
+        opt = self._opt
+        if exc is None:
+            code = opt.last_optimize_result()
+            return _RESULTS.get(code, f"result {code}")
+        if isinstance(exc, nlopt.ForcedStop):
+            return "forced stop"
+        if isinstance(exc, nlopt.RoundoffLimited):
+            return "roundoff limited"
+        if isinstance(exc, (ValueError, nlopt.invalid_argument)):
+            raise ValueError(f"NLopt ({self.algorithm_name}): {_message(exc, opt)}") from None
+        raise RuntimeError(f"NLopt ({self.algorithm_name}): the solver failed: {exc!r}") from exc
+
+
+def _message(exc, opt) -> str:
+    """NLopt's C++ exceptions reach Python without text; the reason is in ``get_errmsg()``."""
+    text = str(exc)
+    if not text and opt is not None:
+        try:
+            text = opt.get_errmsg() or ""
+        except Exception:
+            text = ""
+    return text or f"invalid argument ({type(exc).__name__})"
+
+
+def _resolve_algorithm(nlopt, algorithm):
+    names = {getattr(nlopt, n): n for n in dir(nlopt)
+             if n[:3] in ("GN_", "GD_", "LN_", "LD_", "G_M") or n.startswith("AUGLAG")}
+    if isinstance(algorithm, str):
+        value = getattr(nlopt, algorithm, None)
+        if algorithm not in names.values() or value is None:
+            raise ValueError(f"NLopt: unknown algorithm {algorithm!r} (e.g. 'LN_BOBYQA', 'LD_LBFGS')")
+        return value, algorithm
+    if isinstance(algorithm, int) and not isinstance(algorithm, bool) and algorithm in names:
+        return algorithm, names[algorithm]
+    raise ValueError(f"NLopt: algorithm must be an NLopt algorithm name or constant, got {algorithm!r}")
