@@ -7,6 +7,7 @@ issue; this package is importable with torch alone and imports no optional frame
 
 from .optax import Optax
 from .solvers import NLopt
+from .solvers import Nevergrad
 from .torch_optimizer import TorchOptimizer
 
-__all__: list[str] = ["NLopt", "Optax", "TorchOptimizer"]
+__all__: list[str] = ["Nevergrad", "NLopt", "Optax", "TorchOptimizer"]

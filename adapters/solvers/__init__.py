@@ -8,7 +8,8 @@
 - :mod:`.best`: best point seen so far (NaN/inf values never become best).
 """
 
+from .nevergrad import Nevergrad
 from .nlopt import NLopt
 from .scipy import Scipy
 
-__all__ = ["NLopt", "Scipy"]
+__all__ = ["Nevergrad", "NLopt", "Scipy"]
