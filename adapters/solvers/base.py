@@ -109,18 +109,24 @@ class SolverModule(Module):
         self._evaluations = int(gs.get("evaluations", 0))
         self._sync_state()
 
-    def step(self, ctx) -> None:
+    def _prepare(self, ctx):
+        """Common start of a step: closure check, restart after a load or reset, and the
+        current parameters as one float64 vector (their size must not change)."""
         ctx.require_closure(f"{self.name} evaluates the objective through it")
-        params = ctx.params
         gs = self.global_state
         if gs is not self._live_state or (self._live_state is not None and "evaluations" not in gs):
             self._restore(gs)
-        x_now = _flatten(params)
+        x_now = _flatten(ctx.params)
         if self._best.x is not None and self._best.x.size != x_now.size:
             raise ValueError(
                 f"{self.name}: the parameters taking part changed size ({self._best.x.size} -> "
                 f"{x_now.size}); create a new optimizer"
             )
+        return x_now
+
+    def step(self, ctx) -> None:
+        params = ctx.params
+        x_now = self._prepare(ctx)
         if self._worker is None:
             if self.budget is not None and self._evaluations >= self.budget:
                 ctx.skip_update = True

@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 import torch
 
-from .base import SolverModule, _flatten
+from .base import SolverModule
 from .best import BestSeen
 from .bounds import resolve_bounds
 
@@ -193,17 +193,8 @@ class Nevergrad(SolverModule):
         return limits
 
     def step(self, ctx) -> None:
-        ctx.require_closure(f"{self.name} evaluates the objective through it")
         params = ctx.params
-        gs = self.global_state
-        if gs is not self._live_state or (self._live_state is not None and "evaluations" not in gs):
-            self._restore(gs)
-        x_now = _flatten(params)
-        if self._best.x is not None and self._best.x.size != x_now.size:
-            raise ValueError(
-                f"{self.name}: the parameters taking part changed size ({self._best.x.size} -> "
-                f"{x_now.size}); create a new optimizer"
-            )
+        x_now = self._prepare(ctx)
         ctx.skip_update = True
         if self._evaluations >= self.budget:
             ctx.terminate(f"{self.name}: budget exhausted")

@@ -84,16 +84,27 @@ def numel(tensors: TensorList) -> int:
     return sum(t.numel() for t in tensors)
 
 
-def state_buffers(states: list[dict], params: TensorList, name: str) -> TensorList:
-    """State tensor ``name`` of each parameter (``states[i][name]``), zero-initialised like the
-    parameter on first use."""
+def state_buffers(states: list[dict], params: TensorList, name: str,
+                  init=torch.zeros_like) -> TensorList:
+    """State tensor ``name`` of each parameter (``states[i][name]``), created with
+    ``init(param)`` (zeros by default) on first use."""
     out = []
     for s, p in zip(states, params):
         b = s.get(name)
         if b is None:
-            b = s[name] = torch.zeros_like(p)
+            b = s[name] = init(p)
         out.append(b)
     return out
+
+
+def next_count(states: list[dict], name: str = "step"):
+    """Increment the per-parameter counter ``states[i][name]``; a number when all agree."""
+    counts = []
+    for s in states:
+        c = s.get(name, 0) + 1
+        s[name] = c
+        counts.append(c)
+    return uniform(counts) if counts else 0
 
 
 def previous_params(states: list[dict], params: TensorList,

@@ -222,22 +222,11 @@ class Part:
 
     def buffers(self, name: str, init=torch.zeros_like) -> list[torch.Tensor]:
         """State tensor ``name`` for each parameter, created with ``init(param)`` on first use."""
-        out = []
-        for s, p in zip(self.states, self.params):
-            b = s.get(name)
-            if b is None:
-                b = s[name] = init(p)
-            out.append(b)
-        return out
+        return fe.state_buffers(self.states, self.params, name, init)
 
     def next_step(self, name: str = "step"):
         """Increment and return the per-parameter step count (a number when all agree)."""
-        steps = []
-        for s in self.states:
-            n = s.get(name, 0) + 1
-            s[name] = n
-            steps.append(n)
-        return fe.uniform(steps) if steps else 0
+        return fe.next_count(self.states, name)
 
 
 def _as_list(s, n: int) -> list:

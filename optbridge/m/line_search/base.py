@@ -32,9 +32,6 @@ def as_float(loss) -> float:
     return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
-def uniform_settings(module: Module, ctx, keys) -> tuple:
-    """Values of ``keys`` for ``module``, which must be the same in every param group."""
-    return module.uniform_settings(ctx, *keys)
 
 
 def finite_or_inf(value: float) -> float:
@@ -86,11 +83,6 @@ def fast_layout_token(ctx) -> tuple:
     first, last = params[0], params[-1]
     return (ctx.layout_token, len(params), id(first), id(last), first.dtype,
             first.device, last.dtype)
-
-
-def read_grads(ctx) -> list[torch.Tensor]:
-    """Gradients left by the closure at the current point (``ctx.read_grads()``)."""
-    return ctx.read_grads()
 
 
 class Line:
@@ -175,7 +167,7 @@ class Line:
         loss = as_float(self.ctx.closure(True))
         if not math.isfinite(loss):
             return math.inf, math.nan
-        dphi = self._dot_d(read_grads(self.ctx))
+        dphi = self._dot_d(self.ctx.read_grads())
         if not math.isfinite(dphi):
             return math.inf, math.nan
         return loss, dphi
@@ -236,7 +228,7 @@ class LineSearch(Module):
     def uniform(self, ctx, *keys):
         """Settings ``keys``, which must agree across param groups (``ValueError`` otherwise).
         Tuple-valued settings (brackets, bounds) are returned as they are."""
-        out = uniform_settings(self, ctx, keys)
+        out = self.uniform_settings(ctx, *keys)
         return out[0] if len(keys) == 1 else out
 
     def step(self, ctx) -> None:

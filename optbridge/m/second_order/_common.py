@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from ...core import checks
-from ...core import foreach as fe
 
 HVP_METHODS = ("autograd", "batched_autograd", "fd_forward", "fd_central")
 
@@ -99,19 +98,3 @@ def random_matrix(gen: torch.Generator, rows: int, cols: int, distribution: str,
         z = torch.randint(0, 2, (rows, cols), generator=gen, dtype=dtype, device=device)
         return z.mul_(2).sub_(1)
     return torch.randn((rows, cols), generator=gen, dtype=dtype, device=device)
-
-
-def param_buffers(states: list[dict], params: list[torch.Tensor], name: str) -> list[torch.Tensor]:
-    """State tensor ``name`` of each parameter, zero-initialised on first use."""
-    return fe.state_buffers(states, params, name)
-
-
-def next_count(states: list[dict], name: str):
-    """Increment the per-parameter counter ``name``; a number when all agree."""
-    counts = []
-    for s in states:
-        c = s.get(name, 0) + 1
-        s[name] = c
-        counts.append(c)
-    first = counts[0]
-    return first if all(c == first for c in counts) else counts

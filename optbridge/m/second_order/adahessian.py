@@ -7,7 +7,7 @@ import torch
 from ...core import checks
 from ...core import foreach as fe
 from ...core.module import Module
-from ._common import SeededGenerator, hvp_method_rule, next_count, param_buffers
+from ._common import SeededGenerator, hvp_method_rule
 from .hutchinson import scheduled_hutchinson
 from .newton import rhs
 
@@ -125,12 +125,12 @@ class AdaHessian(Module):
                  zip(D, _per_param(averaging, n), _per_param(block, n))]
         beta1, beta2, eps, power = self.settings(ctx, "beta1", "beta2", "eps", "hessian_power")
         u = rhs(self, ctx)
-        exp_avg = param_buffers(states, params, "exp_avg")
-        v = param_buffers(states, params, "exp_hessian_diag_sq")
-        t = next_count(states, "step")
+        exp_avg = fe.state_buffers(states, params, "exp_avg")
+        v = fe.state_buffers(states, params, "exp_hessian_diag_sq")
+        t = fe.next_count(states, "step")
         fe.ema_(exp_avg, u, beta1)
         if fresh:
-            j = next_count(states, "hessian_step")
+            j = fe.next_count(states, "hessian_step")
             fe.ema_sq_(v, D, beta2)
         else:
             j = fe.uniform([st["hessian_step"] for st in states])

@@ -7,7 +7,7 @@ import torch
 from ...core import checks
 from ...core import foreach as fe
 from ...core.module import Module
-from ._common import SeededGenerator, hvp_method_rule, param_buffers
+from ._common import SeededGenerator, hvp_method_rule
 from .adahessian import DISTRIBUTIONS
 from .hutchinson import scheduled_hutchinson
 from .newton import rhs
@@ -80,9 +80,9 @@ class SophiaH(Module):
         beta1, beta2, gamma, clip, eps = self.settings(
             ctx, "beta1", "beta2", "precond_scale", "clip", "eps")
         u = rhs(self, ctx)
-        exp_avg = param_buffers(states, params, "exp_avg")
+        exp_avg = fe.state_buffers(states, params, "exp_avg")
         fe.ema_(exp_avg, u, beta1)
-        hd = param_buffers(states, params, "hess_diag")
+        hd = fe.state_buffers(states, params, "hess_diag")
         if D is not None:
             fe.ema_(hd, D, beta2)
         denom = torch._foreach_mul(hd, gamma)

@@ -7,9 +7,6 @@ import torch
 from ...core import foreach as fe
 
 
-def uniform_setting(module, ctx, key: str):
-    """``module.uniform_setting(ctx, key)`` (kept for the modules of this family)."""
-    return module.uniform_setting(ctx, key)
 
 
 def scale_by_tensor(ctx, factor: torch.Tensor) -> None:

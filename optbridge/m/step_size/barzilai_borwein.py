@@ -7,7 +7,7 @@ import torch
 from ...core import checks
 from ...core import foreach as fe
 from ...core.module import Module
-from ._common import scale_by_tensor, squared_norm, uniform_setting
+from ._common import scale_by_tensor, squared_norm
 
 
 class BarzilaiBorwein(Module):
@@ -49,10 +49,10 @@ class BarzilaiBorwein(Module):
     def step(self, ctx) -> None:
         if not ctx.params:
             return
-        kind = uniform_setting(self, ctx, "type")
-        alpha_0 = uniform_setting(self, ctx, "alpha_0")
-        fallback = uniform_setting(self, ctx, "fallback")
-        g = ctx.grads if uniform_setting(self, ctx, "use_grad") else ctx.update
+        kind = self.uniform_setting(ctx, "type")
+        alpha_0 = self.uniform_setting(ctx, "alpha_0")
+        fallback = self.uniform_setting(ctx, "fallback")
+        g = ctx.grads if self.uniform_setting(ctx, "use_grad") else ctx.update
         states = self.param_states(ctx)
         if any("prev_p" not in s for s in states):
             for s, p, gi in zip(states, ctx.params, g):

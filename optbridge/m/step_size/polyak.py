@@ -7,7 +7,7 @@ import torch
 from ...core import checks
 from ...core import foreach as fe
 from ...core.module import Module
-from ._common import scale_by_tensor, squared_norm, uniform_setting
+from ._common import scale_by_tensor, squared_norm
 
 
 class PolyakStepSize(Module):
@@ -52,9 +52,9 @@ class PolyakStepSize(Module):
     def step(self, ctx) -> None:
         if not ctx.params:
             return
-        f_star = uniform_setting(self, ctx, "f_star")
-        max_step = uniform_setting(self, ctx, "max")
-        use_grad = uniform_setting(self, ctx, "use_grad")
+        f_star = self.uniform_setting(ctx, "f_star")
+        max_step = self.uniform_setting(ctx, "max")
+        use_grad = self.uniform_setting(ctx, "use_grad")
         alpha = self.settings(ctx, "alpha")
         if ctx.loss is None:
             ctx.require_closure("the Polyak step size needs the loss value")
@@ -63,7 +63,7 @@ class PolyakStepSize(Module):
         denom = fe.dot(update, ctx.grads) if use_grad else squared_norm(update)
         loss = loss.detach().to(dtype=denom.dtype, device=denom.device)
         if f_star is None:
-            y, y_decay = uniform_setting(self, ctx, "y"), uniform_setting(self, ctx, "y_decay")
+            y, y_decay = self.uniform_setting(ctx, "y"), self.uniform_setting(ctx, "y_decay")
             best = self.global_state.get("f_best")
             best = loss.clone() if best is None else torch.minimum(best.to(loss), loss)
             gap = self.global_state.get("y_val", y)

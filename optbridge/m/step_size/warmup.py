@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...core import checks
 from ...core import foreach as fe
 from ...core.module import Module
-from ._common import linear_schedule, scale_by_tensor, uniform_setting
+from ._common import linear_schedule, scale_by_tensor
 
 
 class Warmup(Module):
@@ -73,9 +73,9 @@ class WarmupNormClip(Module):
     def step(self, ctx) -> None:
         if not ctx.params:
             return
-        steps = uniform_setting(self, ctx, "steps")
-        start = uniform_setting(self, ctx, "start_norm")
-        end = uniform_setting(self, ctx, "end_norm")
+        steps = self.uniform_setting(ctx, "steps")
+        start = self.uniform_setting(ctx, "start_norm")
+        end = self.uniform_setting(ctx, "end_norm")
         t = self.global_state.get("step", 0)
         if t > steps:
             return

@@ -7,7 +7,6 @@ import torch
 from ...core import checks
 from ...core import foreach as fe
 from ...core.module import Module
-from ..step_size._common import uniform_setting
 from ._penalty import ORD_RULE, penalty_direction
 
 
@@ -85,7 +84,7 @@ class DirectWeightDecay(Module):
         if not ctx.params:
             return
         wd = self.settings(ctx, "weight_decay")
-        ord = uniform_setting(self, ctx, "ord")
+        ord = self.uniform_setting(ctx, "ord")
         if not fe.is_list(wd) and wd == 0:
             return
         if ord == 2:

@@ -9,7 +9,6 @@ import torch
 from ...core import checks
 from ...core import foreach as fe
 from ...core.module import Module
-from ..step_size._common import uniform_setting
 from ._penalty import ORD_RULE, penalty_direction
 
 
@@ -66,9 +65,9 @@ class RelativeWeightDecay(Module):
         wd = self.settings(ctx, "weight_decay")
         if not fe.is_list(wd) and wd == 0:
             return
-        ord = uniform_setting(self, ctx, "ord")
-        norm_input = uniform_setting(self, ctx, "norm_input")
-        metric = uniform_setting(self, ctx, "metric")
+        ord = self.uniform_setting(ctx, "ord")
+        norm_input = self.uniform_setting(ctx, "norm_input")
+        metric = self.uniform_setting(ctx, "metric")
         update = ctx.update
         source = {"update": update, "grad": ctx.grads, "params": ctx.params}[norm_input]
         scale = _metric(source, metric)
