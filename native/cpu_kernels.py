@@ -1,6 +1,6 @@
 """Fused CPU kernels for the fp32 elementwise optimizers (AdamW, ADOPT, Lion, LaProp, AdEMAMix,
-SGD, Adagrad): plain C with OpenMP, built with the system C compiler on first use, cached, and
-called through ``ctypes``.
+SGD, Adagrad) and for the direction of the chain module ``optbridge.m.Adam``: plain C with OpenMP,
+built with the system C compiler on first use, cached, and called through ``ctypes``.
 
 ``lerp`` follows torch's two-sided formula (``a + w (b - a)`` for ``w < 0.5``, else
 ``b - (b - a)(1 - w)``). bfloat16 slots are read by widening and stored with the stochastic rounding of
@@ -93,11 +93,13 @@ KERNELS = {
     "adagrad": (1, "float gf, float decay, float eps, float clr"),
     "ademamix": (3, "float gf, float wd, float b1, float c1, float b3, float c3, float b2, "
                     "float c2, float bc1, float bc2s, float eps, float alpha, float lr"),
+    # ``optbridge.m.Adam``'s moments and denominator: the "param" pointer is the denominator
+    "adam_dir": (2, "float gf, float w1, float b2, float c2, float epsc"),
 }
 
 #: the slots' names inside the kernel bodies, by position
 SLOT_NAMES = {"adamw": "m v", "adopt": "m v", "lion": "m", "laprop": "m v", "sgd": "b",
-              "adagrad": "s", "ademamix": "m1 m2 v"}
+              "adagrad": "s", "ademamix": "m1 m2 v", "adam_dir": "m v"}
 
 #: kernel bodies over one range ``[lo, hi)`` of one tensor: one fused pass, the same operations
 #: in the same order as the eager formula. ``RANGE(name)`` declares the arguments of
@@ -202,6 +204,18 @@ RANGE(ademamix) {
         float u = (f / bc1 + alpha * s) / den + wd * p[i];
         p[i] = p[i] - lr * u;
     }
+}
+
+RANGE(adam_dir) {
+#define ADAM_DIR_LOOP(LERP) LOOP { \
+        float gi = g[i] * gf; \
+        float mi = LERP(LD(m), gi, w1); \
+        float vi = LD(v) * b2 + c2 * gi * gi; \
+        ST(m, mi, 0); ST(v, vi, 1); \
+        p[i] = sqrtf(vi) + epsc; \
+    }
+    if (w1 < 0.5f) { ADAM_DIR_LOOP(LERP_LO) } else { ADAM_DIR_LOOP(LERP_HI) }
+#undef ADAM_DIR_LOOP
 }
 """
 

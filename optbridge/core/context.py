@@ -235,6 +235,25 @@ class StepContext:
                 torch.addcdiv(zero, n, d, value=s, out=d)
         self._update, self._owned = den, True
 
+    def update_with_factor(self):
+        """``(tensors, factor)`` with ``update == factor * tensors``, without a pass over memory,
+        when the only pending work is one factor shared by every tensor (a number, or one 0-dim
+        CPU tensor: read with ``item()``); None otherwise. For fused kernels that fold the
+        factor into their own read. ``tensors`` must not be written to."""
+        if self._target is not None or self._den is not None or self._pcoef is not None:
+            return None
+        factor = 1.0
+        if self._scale is not None:
+            if fe.is_list(self._scale) or isinstance(self._scale, torch.Tensor):
+                return None
+            factor = float(self._scale)
+        if self._tscale is not None:
+            t0 = self._tscale[0]
+            if t0.device.type != "cpu" or any(t is not t0 for t in self._tscale):
+                return None
+            factor *= t0.item()
+        return (self._update if self._update is not None else self.grads), factor
+
     @property
     def update_is_owned(self) -> bool:
         return self._owned
