@@ -70,6 +70,16 @@ static inline void share(int64_t total, int t, int nth, int64_t* lo, int64_t* hi
     *hi = b1 * 16 < total ? b1 * 16 : total;
 }
 #define PARALLEL_MIN 65536
+
+/* the range as two interleaved halves: twice the memory streams in flight, which one core
+   needs to reach its bandwidth when a kernel has few streams (Lion: about 10 % faster; the
+   many-stream kernels get slower). Each element sees the same operations. */
+#define LOOP2(...) do { \
+        int64_t h_ = ((hi - lo) / 2) / 16 * 16; \
+        _Pragma("omp simd") for (int64_t k_ = lo; k_ < lo + h_; k_++) { \
+            { const int64_t i = k_; __VA_ARGS__ } { const int64_t i = k_ + h_; __VA_ARGS__ } } \
+        for (int64_t i = lo + 2 * h_; i < hi; i++) { __VA_ARGS__ } \
+    } while (0)
 """
 
 #: slot access per storage dtype; ``SEED(k)`` is the k-th slot's seed argument
@@ -136,14 +146,14 @@ RANGE(adopt) {
 }
 
 RANGE(lion) {
-    LOOP {
+    LOOP2(
         float gi = g[i] * gf;
         float m0 = LD(m);
         float u = m0 * b1 + gi * c1;
         float s = (u > 0.0f ? 1.0f : 0.0f) - (u < 0.0f ? 1.0f : 0.0f);
         p[i] = p[i] * decay - lr * s;
         ST(m, m0 * b2 + gi * c2, 0);
-    }
+    );
 }
 
 RANGE(laprop) {
