@@ -8,6 +8,11 @@ combining the losses) are spread over the evaluations, so approximators with few
 per step (SPSA, MeZO with one sample: 2) show them more; configurations with 20+ evaluations
 show the cost per evaluation.
 
+The step's cost is also split into a fixed part per step and a marginal part per evaluation: each
+family is timed at two evaluation counts (``n_samples`` 1 and 40, FDM's ``forward`` and
+``central4``; ForwardGradient 1 and 10), the slope between them is the cost of one more evaluation, and ``slope / bare
+evaluation - 1`` the approximator's own cost per evaluation, without the fixed costs.
+
 ForwardGradient evaluates the closure with forward-mode tangents attached; that evaluation is
 itself much slower than a plain one (torch's forward-mode AD), so its rows compare with bare
 forward-mode evaluations (a ``dual_level`` with the tangent attached, the closure, the JVP read
@@ -19,6 +24,7 @@ Run: ``python -m optbridge.perf.grad_approx``
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -53,11 +59,14 @@ CASES = {
     "FDM(central4)": lambda: m.FDM(formula="central4"),
     "SPSA()": lambda: m.SPSA(seed=0),
     "SPSA(n_samples=10)": lambda: m.SPSA(n_samples=10, seed=0),
+    "SPSA(n_samples=40)": lambda: m.SPSA(n_samples=40, seed=0),
     "RDSA()": lambda: m.RDSA(seed=0),
     "RDSA(n_samples=10)": lambda: m.RDSA(n_samples=10, seed=0),
+    "RDSA(n_samples=40)": lambda: m.RDSA(n_samples=40, seed=0),
     "GaussianSmoothing() [100 samples]": lambda: m.GaussianSmoothing(seed=0),
     "MeZO()": lambda: m.MeZO(seed=0),
     "MeZO(n_samples=10)": lambda: m.MeZO(n_samples=10, seed=0),
+    "MeZO(n_samples=40)": lambda: m.MeZO(n_samples=40, seed=0),
     "ForwardGradient()": lambda: m.ForwardGradient(seed=0),
     "ForwardGradient(n_samples=10)": lambda: m.ForwardGradient(n_samples=10, seed=0),
 }
@@ -121,6 +130,39 @@ def run(steps: int, rounds: int, clock=time.perf_counter) -> dict[str, float]:
     for k, v in out.items():
         verdict = "ok" if v <= 0.10 else "above goal"
         print(f"  {k:<40} {evals[k]:4d} evals/step {100 * v:7.1f} %  {verdict}")
+    # one bare evaluation: the median over all the cases' bare blocks of the same kind
+    plain = statistics.median(times[f"{k}: bare x {evals[k]}"] / evals[k] for k in CASES
+                              if not k.startswith("Forward"))
+    forward = statistics.median(times[f"{k}: bare x {evals[k]}"] / evals[k] for k in CASES
+                                if k.startswith("Forward"))
+    marginal(times, evals, {k: forward if k.startswith("Forward") else plain for k in CASES})
+    return out
+
+
+#: (fewer evaluations, more evaluations) per family, for the marginal cost per evaluation
+MARGINAL_PAIRS = {
+    "FDM (forward -> central4)": ("FDM(forward)", "FDM(central4)"),
+    "SPSA (1 -> 40 samples)": ("SPSA()", "SPSA(n_samples=40)"),
+    "RDSA (1 -> 40 samples)": ("RDSA()", "RDSA(n_samples=40)"),
+    "MeZO (1 -> 40 samples)": ("MeZO()", "MeZO(n_samples=40)"),
+    "ForwardGradient (1 -> 10 samples)": ("ForwardGradient()", "ForwardGradient(n_samples=10)"),
+}
+
+
+def marginal(times: dict[str, float], evals: dict[str, int], bare: dict[str, float]) -> dict:
+    """Per family: the slope of step time against evaluations (cost of one more evaluation)
+    over one bare evaluation, minus 1, and the fixed cost per step (the intercept)."""
+    print("\nMarginal cost per evaluation (slope between two evaluation counts) and fixed cost "
+          "per step; goal for the marginal part <= 10 %:")
+    out = {}
+    for label, (a, b) in MARGINAL_PAIRS.items():
+        slope = (times[b] - times[a]) / (evals[b] - evals[a])
+        fixed = times[a] - evals[a] * slope
+        over = slope / bare[a] - 1
+        out[label] = (over, fixed)
+        verdict = "ok" if over <= 0.10 else "above goal"
+        print(f"  {label:<36} {evals[a]:3d}->{evals[b]:3d} evals  {100 * over:6.1f} % per evaluation"
+              f"  fixed {fixed * 1e6:6.0f} us/step  {verdict}")
     return out
 
 
