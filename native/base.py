@@ -213,19 +213,25 @@ class NativeOptimizer(torch.optim.Optimizer):
             self._validate({k: v for k, v in g.items() if k in self.defaults},
                            f" (param group {i} of the state dict)")
         super().load_state_dict(sd)
-        # torch casts state tensors to the parameter dtype: restore the storage dtype and keep
-        # the step count where the step runs
-        for group in self.param_groups:
+        # torch casts every state tensor to its parameter's dtype, which rounds the fp32 state
+        # of bfloat16/float16 parameters: take the saved tensors again, slots in the storage
+        # dtype, the step count in fp32, everything else (preconditioners...) as saved
+        saved = sd["state"]
+        for group, saved_group in zip(self.param_groups, sd["param_groups"]):
             storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
-            for p in group["params"]:
-                st = self.state.get(p)
-                if not st:
+            slots = set(self.slot_names(group))
+            for p, index in zip(group["params"], saved_group["params"]):
+                st, src = self.state.get(p), saved.get(index)
+                if not st or not src:
                     continue
-                for k in self.slot_names(group):
-                    if k in st and torch.is_tensor(st[k]):
-                        st[k] = st[k].to(device=p.device, dtype=self.slot_dtype(p, storage))
-                if "step" in st and torch.is_tensor(st["step"]):
-                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+                for k, v in src.items():
+                    if not (torch.is_tensor(v) and torch.is_tensor(st.get(k))):
+                        continue
+                    if k == "step":
+                        st[k] = st[k].to(device=p.device, dtype=torch.float32)
+                    else:
+                        dtype = self.slot_dtype(p, storage) if k in slots else v.dtype
+                        st[k] = v.to(device=p.device, dtype=dtype, copy=True)
 
     # ---------------------------------------------------------------- chain module
     @classmethod
@@ -239,6 +245,16 @@ class NativeOptimizer(torch.optim.Optimizer):
     def slot_names(self, group) -> tuple:
         """Elementwise state slots of ``group`` (MARS adds ``mars_prev_grad``)."""
         return self.slots + (("mars_prev_grad",) if group.get("mars") else ())
+
+    def param_positions(self) -> dict:
+        """``{id(param): position of the param in the optimizer}``: the ``pid`` of the
+        stochastic-rounding seeds (:func:`sr_seed`) of optimizers that step per parameter."""
+        ids, k = {}, 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                ids[id(p)] = k
+                k += 1
+        return ids
 
     @staticmethod
     def slot_dtype(p, storage: torch.dtype) -> torch.dtype:

@@ -397,3 +397,35 @@ def test_c_kernels_match_eager_on_large_tensors(cls, kw, monkeypatch):
 
     for a, b in zip(run(False), run(True)):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [native.AdamW, native.Lion, native.AdEMAMix])
+def test_state_dict_of_bf16_params_keeps_fp32_slots_exact(cls, tmp_path):
+    """torch's load casts state to the parameter dtype; fp32 slots of bfloat16 parameters must
+    come back with every bit, so training continues exactly."""
+    gen = torch.Generator().manual_seed(2)
+    init = [torch.randn(s, generator=gen).bfloat16() for s in [(7, 9), (33,)]]
+    grads = [[torch.randn(x.shape, generator=gen).bfloat16() for x in init] for _ in range(6)]
+
+    def run(ps, opt, steps):
+        for gs in steps:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+
+    ps = [torch.nn.Parameter(x.clone()) for x in init]
+    opt = cls(ps, lr=1e-2)
+    run(ps, opt, grads[:3])
+    torch.save(opt.state_dict(), tmp_path / "s.pt")
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    resumed = cls(qs, lr=1e-2)
+    resumed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    for p, q in zip(ps, qs):
+        for k, v in opt.state[p].items():
+            assert v.dtype == resumed.state[q][k].dtype and torch.equal(v, resumed.state[q][k]), k
+    assert any(v.dtype == torch.float32 and not torch.equal(v, v.bfloat16().float())
+               for st in opt.state.values() for k, v in st.items() if k != "step")
+    run(ps, opt, grads[3:])
+    run(qs, resumed, grads[3:])
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q)
