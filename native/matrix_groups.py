@@ -34,4 +34,3 @@ def group_by(items, key) -> dict:
     for item in items:
         out[key(item)].append(item)
     return out
-

@@ -15,6 +15,7 @@ from optbridge.core import checks
 
 from .base import STORAGE_DTYPES, NativeOptimizer
 from .matrix_groups import group_by, muon_matrices, wide
+from .matrix_mars import mars_corrected, without_mars
 from .newton_schulz import NewtonSchulzStack
 
 _MUON_KEYS = {"lr", "momentum", "nesterov", "ns_steps", "weight_decay"}
@@ -31,7 +32,7 @@ class _OrthogonalizedBase(NativeOptimizer):
     fallback of the official ``MuonWithAuxAdam``."""
 
     flags = frozenset({"weight_decay", "maximize", "gradient_clipping", "caution",
-                       "update_clipping", "warmup_steps"})
+                       "update_clipping", "warmup_steps", "mars", "mars_gamma"})
     #: keys a ``use_muon=True`` group may set (besides ``params`` and ``use_muon``)
     matrix_keys: set = set()
 
@@ -91,9 +92,12 @@ class _OrthogonalizedBase(NativeOptimizer):
             return loss
         matrix_work = []
         for group, params in live:
-            grads = [self.prepared_grad(p, p.grad, self.state[p], group,
+            seen = without_mars(group)
+            grads = [self.prepared_grad(p, p.grad, self.state[p], seen,
                                         None if factor is None else factor[p.device])
                      for p in params]
+            if group.get("mars"):
+                grads = self._mars(group, params, grads)
             if group["use_muon"]:
                 matrix_work.append((group, params, grads, self.directions(group, params, grads)))
             else:
@@ -101,6 +105,25 @@ class _OrthogonalizedBase(NativeOptimizer):
         if matrix_work:
             self._orthogonalize_and_apply(matrix_work)
         return loss
+
+    def mars_beta1(self, group) -> float:
+        """:math:`\\beta_1` of the MARS correction: the first beta of the group."""
+        return group["betas"][0]
+
+    def _mars(self, group, params, grads) -> list:
+        """The MARS-corrected gradients (:mod:`.matrix_mars`) of one group."""
+        beta1, gamma = self.mars_beta1(group), group["mars_gamma"]
+        storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
+        return [mars_corrected(g, self.state[p], beta1, gamma, self.slot_dtype(p, storage))
+                for p, g in zip(params, grads)]
+
+    def slot_names(self, group) -> tuple:
+        """The elementwise slots: ``slots`` (+ MARS) in Muon groups, only MARS's in the AdamW
+        fallback groups (whose moments stay in the compute dtype)."""
+        names = super().slot_names(group)
+        if group.get("use_muon", True):
+            return names
+        return tuple(k for k in names if k not in self.slots)
 
     def directions(self, group, params, grads) -> list:  # pragma: no cover - abstract
         """The tensors to orthogonalise (updates the momentum state)."""
@@ -162,9 +185,13 @@ class _OrthogonalizedBase(NativeOptimizer):
         :math:`m \\leftarrow \\mathrm{lerp}(m, g, 1-\\beta_1)`,
         :math:`v \\leftarrow \\mathrm{lerp}(v, g^2, 1-\\beta_2)`,
         :math:`u = \\frac{m/(1-\\beta_1^t)}{\\sqrt{v/(1-\\beta_2^t)} + \\epsilon}`,
-        :math:`p \\leftarrow p(1 - \\eta\\lambda) - \\eta u`."""
+        :math:`p \\leftarrow p(1 - \\eta\\lambda) - \\eta u`. With ``palm`` (MuonLaProp)
+        :math:`\\beta_2` becomes :math:`\\beta_{2,t} = 1 - t^{-s}` and :math:`v` is not
+        bias-corrected; with ``mars`` :math:`g` is the MARS-corrected gradient (:math:`\\beta_1`
+        of the correction: the group's first beta). The moments stay in the compute dtype
+        whatever ``storage_dtype``."""
         b1, b2 = group["betas"]
-        m, v, bc1, bc2 = [], [], [], []
+        m, v, bc1, bc2, w2 = [], [], [], [], []
         for p in params:
             st = self.state[p]
             if "exp_avg" not in st:
@@ -175,9 +202,16 @@ class _OrthogonalizedBase(NativeOptimizer):
             m.append(st["exp_avg"])
             v.append(st["exp_avg_sq"])
             bc1.append(1 - b1 ** st["step"])
-            bc2.append(1 - b2 ** st["step"])
+            b2t, c2 = self.beta2_at(group, b2, st["step"])  # (b2, 1 - b2^t) unless palm
+            w2.append(1 - b2t)
+            bc2.append(c2)
         torch._foreach_lerp_(m, grads, 1 - b1)
-        torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), 1 - b2)
+        squares = torch._foreach_mul(grads, grads)
+        if group.get("palm"):
+            for x, s2, w in zip(v, squares, w2):
+                x.lerp_(s2, w)
+        else:
+            torch._foreach_lerp_(v, squares, 1 - b2)
         mc = torch._foreach_div(m, bc1)
         den = torch._foreach_div(v, bc2)
         torch._foreach_sqrt_(den)
@@ -211,11 +245,15 @@ class Muon(_OrthogonalizedBase):
     the group keys ``lr`` (default ``adam_lr``), ``betas``, ``eps``, ``weight_decay`` (default
     ``adam_weight_decay``). A parameter with ``ndim < 2`` in a Muon group is an error.
 
-    Deviations from the reference are flags, off by default: ``maximize``,
-    ``gradient_clipping``, ``caution``, ``update_clipping``, ``warmup_steps``,
-    ``storage_dtype="bfloat16"`` (momentum buffers stored in bfloat16 with stochastic rounding;
-    the step uses the fp32 value before rounding) (see
-    :data:`optbridge.native.base.SHARED_FLAGS`); ``ns_dtype`` other than bfloat16. Parameters
+    Deviations from the reference are flags, off by default (see
+    :data:`optbridge.native.base.SHARED_FLAGS`): ``maximize``, ``gradient_clipping``,
+    ``caution``, ``update_clipping``, ``warmup_steps``; ``mars`` (+ ``mars_gamma``): the
+    MARS-corrected gradient :math:`c_t = G_t + \\gamma\\frac{\\beta}{1-\\beta}(G_t - G_{t-1})`
+    (:math:`\\beta` = ``momentum``; :math:`c_1 = G_1`) replaces :math:`G` in the momentum and the
+    Nesterov term (:mod:`.matrix_mars`), and in the AdamW fallback (with its first beta);
+    ``storage_dtype="bfloat16"`` (momentum buffers stored in bfloat16 with stochastic rounding,
+    seed ``sr_seed(param position, 0, step)``; the step uses the fp32 value before rounding;
+    the AdamW fallback's moments stay fp32); ``ns_dtype`` other than bfloat16. Parameters
     whose gradient is None are skipped (the reference substitutes zeros).
 
     Args:
@@ -252,6 +290,10 @@ class Muon(_OrthogonalizedBase):
                          dict(flags, weight_decay=weight_decay), adam,
                          dict(betas=adam["betas"], eps=adam_eps))
 
+    def mars_beta1(self, group) -> float:
+        """MARS's :math:`\\beta_1`: ``momentum`` in Muon groups, the first beta in AdamW ones."""
+        return group["momentum"] if group["use_muon"] else group["betas"][0]
+
     def directions(self, group, params, grads) -> list:
         beta = group["momentum"]
         storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
@@ -267,22 +309,13 @@ class Muon(_OrthogonalizedBase):
             bufs.append(self.read_slot(st, "momentum_buffer", p))
         torch._foreach_lerp_(bufs, grads, 1 - beta)
         if storage != torch.float32:  # bfloat16 storage: stochastic rounding of the new buffer
-            ids = self._param_ids()
+            ids = self.param_positions()
             for p, b in zip(params, bufs):
                 st = self.state[p]
                 self.write_slot(st, "momentum_buffer", b, ids[id(p)], 0, st["step"])
         if group["nesterov"]:
             return torch._foreach_lerp(grads, bufs, beta)
         return bufs
-
-    def _param_ids(self) -> dict:
-        """Position of each parameter in the optimizer (seeds the stochastic rounding)."""
-        ids, k = {}, 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                ids[id(p)] = k
-                k += 1
-        return ids
 
 
 class MuonLaProp(_OrthogonalizedBase):
@@ -303,8 +336,21 @@ class MuonLaProp(_OrthogonalizedBase):
     Tensors with ``ndim < 2`` in a default group take the LaProp update :math:`m` unchanged
     (HeavyBall orthogonalises matrices only); ``use_muon=False`` groups get the AdamW fallback
     as in :class:`Muon`. Defaults as HeavyBall: ``lr=0.0025, betas=(0.9, 0.99), eps=1e-8``.
+
+    Shared flags, off by default (:data:`optbridge.native.base.SHARED_FLAGS`): ``weight_decay``,
+    ``maximize``, ``gradient_clipping``, ``caution``, ``update_clipping``, ``warmup_steps``;
+    ``mars`` (+ ``mars_gamma``): :math:`c_t = G_t + \\gamma\\frac{\\beta_1}{1-\\beta_1}
+    (G_t - G_{t-1})` (:math:`c_1 = G_1`) replaces :math:`G` in both moments (as MARS-AdamW), and
+    in the AdamW fallback; ``palm`` (+ ``beta2_scale`` :math:`s`): the second-moment weight
+    :math:`1-\\hat\\beta_{2,t}` becomes :math:`t^{-s}` (:math:`\\beta_{2,t} = 1 - t^{-s}`, not
+    debiased), also in the AdamW fallback; ``storage_dtype="bfloat16"``: :math:`m` and
+    :math:`v` stored in bfloat16 with stochastic rounding (seeds ``sr_seed(param position,
+    0 for m / 1 for v, step)``), computed in fp32 from the stored values; the step uses the
+    fp32 :math:`m` before rounding; the AdamW fallback's moments stay fp32.
     """
 
+    flags = _OrthogonalizedBase.flags | {"storage_dtype", "palm", "beta2_scale"}
+    slots = ("exp_avg", "exp_avg_sq")
     rules = dict(lr=checks.nonnegative, betas=checks.pair(checks.unit_interval),
                  eps=checks.positive, ns_steps=checks.positive_int, use_muon=checks.boolean)
     matrix_keys = {"lr", "betas", "eps", "ns_steps", "weight_decay"}
@@ -330,19 +376,21 @@ class MuonLaProp(_OrthogonalizedBase):
 
     def directions(self, group, params, grads) -> list:
         b1, b2 = group["betas"]
+        storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
         m, v, w1, w2 = [], [], [], []
         for p in params:
             st = self.state[p]
             if "exp_avg" not in st:
-                st["exp_avg"] = torch.zeros_like(p, dtype=self.compute_dtype(p))
-                st["exp_avg_sq"] = torch.zeros_like(p, dtype=self.compute_dtype(p))
+                st["exp_avg"] = torch.zeros_like(p, dtype=self.slot_dtype(p, storage))
+                st["exp_avg_sq"] = torch.zeros_like(p, dtype=self.slot_dtype(p, storage))
                 st["step"] = 0
             st["step"] += 1
             t = st["step"]
-            m.append(st["exp_avg"])
-            v.append(st["exp_avg_sq"])
+            m.append(self.read_slot(st, "exp_avg", p))
+            v.append(self.read_slot(st, "exp_avg_sq", p))
             w1.append((1 - b1) / (1 - b1**t))
-            w2.append((1 - b2) / (1 - b2**t))
+            b2t, bc2 = self.beta2_at(group, b2, t)  # (b2, 1 - b2^t) unless palm: (1 - t^-s, 1)
+            w2.append((1 - b2t) / bc2)
         squares = torch._foreach_mul(grads, grads)
         for x, s, w in zip(v, squares, w2):
             x.lerp_(s, w)
@@ -351,6 +399,12 @@ class MuonLaProp(_OrthogonalizedBase):
         scaled = torch._foreach_div(grads, den)
         for x, s, w in zip(m, scaled, w1):
             x.lerp_(s, w)
+        if storage != torch.float32:  # bfloat16 storage: stochastic rounding of m and v
+            ids = self.param_positions()
+            for p, mt, vt in zip(params, m, v):
+                st = self.state[p]
+                self.write_slot(st, "exp_avg", mt, ids[id(p)], 0, st["step"])
+                self.write_slot(st, "exp_avg_sq", vt, ids[id(p)], 1, st["step"])
         return m
 
     def _orthogonalize_and_apply(self, work) -> None:

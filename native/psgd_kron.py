@@ -14,8 +14,9 @@ import torch
 
 from optbridge.core import checks
 
-from .base import NativeOptimizer
+from .base import STORAGE_DTYPES, NativeOptimizer
 from .matrix_groups import group_by
+from .matrix_mars import mars_corrected, without_mars
 from .psgd_ops import (
     balance,
     cached_factors,
@@ -103,6 +104,27 @@ class PSGDKron(NativeOptimizer):
       (``ForeachDelayedPSGD``).
     - ``clip_update_rms=None`` drops the RMS cap.
 
+    Shared flags (:data:`optbridge.native.base.SHARED_FLAGS`), off by default so the default
+    step stays reference-exact: ``maximize``, ``gradient_clipping``, ``warmup_steps``, and
+
+    - ``mars`` (+ ``mars_gamma`` :math:`\\gamma`), Yuan et al. 2024 (arXiv:2411.10438), with
+      :math:`\\beta_1` = ``beta``: the corrected gradient
+      :math:`c_t = g_t + \\gamma\\,\\frac{\\beta}{1-\\beta}(g_t - g_{t-1})` (:math:`c_1 = g_1`)
+      replaces :math:`g` everywhere: in the momentum, in the preconditioner fit
+      (``momentum_into_precond_update=False``, ``pure``), and as the sign reference of
+      ``caution``. :math:`g_{t-1}` is kept in the ``mars_prev_grad`` slot.
+    - ``caution`` and ``update_clipping``: applied to the final update :math:`u` (after the RMS
+      cap) as :meth:`~optbridge.native.base.NativeOptimizer.apply_update` does:
+      :math:`u \\leftarrow u\\,[u g > 0]\\,\\frac{n}{\\max(1, \\#\\text{kept})}`, then
+      :math:`u \\leftarrow \\mathrm{clamp}(u, -c, c)`, then
+      :math:`W \\leftarrow W(1 - \\eta\\lambda) - \\eta u` (decoupled, still matrices only).
+    - ``storage_dtype="bfloat16"``: the momentum buffer (and ``mars_prev_grad``) stored in
+      bfloat16; the momentum is computed in fp32 as
+      :math:`m_{32} = \\beta\\,\\mathrm{float}(m) + (1-\\beta) g`, the step uses :math:`m_{32}`
+      and the buffer keeps :math:`m_{32}` stochastically rounded
+      (:mod:`optbridge.native.stochastic_rounding`, seed ``sr_seed(param position, 0, t)``).
+      The Kronecker factors stay in the compute dtype (fp32; fp64 parameters keep fp64 state).
+
     Args:
         lr: learning rate (default 0.001). beta: momentum (default 0.9).
         weight_decay: :math:`\\lambda`, matrices only (default 0).
@@ -115,7 +137,8 @@ class PSGDKron(NativeOptimizer):
         seed: seed of the generator (default 0).
     """
 
-    flags = frozenset({"maximize", "gradient_clipping", "warmup_steps"})
+    flags = frozenset({"maximize", "gradient_clipping", "warmup_steps", "caution",
+                       "update_clipping", "mars", "mars_gamma", "storage_dtype"})
     rules = dict(lr=checks.nonnegative, beta=checks.unit_interval,
                  weight_decay=checks.nonnegative,
                  preconditioner_update_probability=_probability,
@@ -178,31 +201,45 @@ class PSGDKron(NativeOptimizer):
         if live is None:
             return loss
         do_update, do_balance = self._draws()
+        ids = self.param_positions()
         items = []
         for gi, (group, params) in enumerate(live):
+            keep_grad = group["caution"]
+            # MARS runs here with beta1 = PSGD's beta (prepared_grad reads Adam's betas)
+            raw_group = without_mars(group)
+            storage = STORAGE_DTYPES[group["storage_dtype"]]
             for p in params:
                 st = self.state[p]
-                g = self.prepared_grad(p, p.grad, st, group,
-                                       None if factor is None else factor[p.device])
                 if "Q0" not in st:
                     self._init_state(p, st, group)
+                g = self.prepared_grad(p, p.grad, st, raw_group,
+                                       None if factor is None else factor[p.device])
+                if group["mars"]:
+                    g = mars_corrected(g, st, group["beta"], group["mars_gamma"],
+                                       self.slot_dtype(p, storage))
                 st["step"] += 1
                 if group["pure"]:
                     direction = fit = g
                 else:
-                    b = group["beta"]
-                    buf = st["momentum_buffer"]
-                    buf.mul_(b).add_(g, alpha=1 - b)
-                    direction = buf / (1 - b ** st["step"])
+                    direction = self._momentum(p, st, group, g, ids)
                     fit = direction if group["momentum_into_precond_update"] else g
                 V = None
                 if do_update:
                     V = torch.randn(p.shape, generator=self.generator, dtype=g.dtype)
                     V = V.to(p.device)
-                items.append((gi, group, p, st, direction, fit, V))
+                items.append((gi, group, p, st, direction, fit, V, g if keep_grad else None))
         for members in group_by(items, self._stack_key).values():
             self._stack_step(members, do_update, do_balance)
         return loss
+
+    def _momentum(self, p, st, group, g, ids) -> torch.Tensor:
+        """:math:`m \\leftarrow \\beta m + (1-\\beta) g`; returns :math:`m / (1-\\beta^t)`.
+        A bfloat16 buffer is read as fp32 and stored back with stochastic rounding."""
+        b = group["beta"]
+        buf = self.read_slot(st, "momentum_buffer", p)
+        buf.mul_(b).add_(g, alpha=1 - b)
+        self.write_slot(st, "momentum_buffer", buf, ids[id(p)], 0, st["step"])
+        return buf / (1 - b ** st["step"])
 
     @staticmethod
     def _stack_key(item):
@@ -221,7 +258,9 @@ class PSGDKron(NativeOptimizer):
         st["step"] = 0
         st["n_factors"] = len(work)
         if not group["pure"]:
-            st["momentum_buffer"] = torch.zeros_like(p, dtype=dtype)
+            storage = STORAGE_DTYPES[group["storage_dtype"]]
+            st["momentum_buffer"] = torch.zeros_like(
+                p, dtype=dtype if storage == torch.float32 else self.slot_dtype(p, storage))
         for i, (n, d) in enumerate(zip(work, diag)):
             st[f"Q{i}"] = scale * (torch.ones(n, dtype=dtype, device=p.device) if d
                                    else torch.eye(n, dtype=dtype, device=p.device))
@@ -256,8 +295,14 @@ class PSGDKron(NativeOptimizer):
         if c is not None:
             rms = pre.flatten(1).square().mean(1).sqrt()
             pre.mul_(torch.clamp(c / (rms + 1e-6), max=1.0).view(-1, *([1] * len(work))))
-        for p, st, u in zip(params, states, pre.unbind(0)):
+        flagged = group["caution"] or group["update_clipping"] is not None
+        for it, u in zip(members, pre.unbind(0)):
+            p, st = it[2], it[3]
             u = u.reshape(p.shape)
+            if flagged:  # apply_update's caution / clipping, weight decay on matrices only
+                self.apply_update(p, u, it[7], group if p.ndim >= 2 else
+                                  dict(group, weight_decay=0.0), self.lr_at(group, st["step"]))
+                continue
             if group["weight_decay"] != 0 and p.ndim >= 2:
                 u.add_(p, alpha=group["weight_decay"])
             p.add_(u.to(p.dtype), alpha=-self.lr_at(group, st["step"]))

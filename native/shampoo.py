@@ -12,7 +12,12 @@ import torch
 from optbridge.core import checks
 from optbridge.m.preconditioners._kron import contract, layout, outer
 
-from .base import NativeOptimizer
+from .base import STORAGE_DTYPES, NativeOptimizer
+from .matrix_mars import mars_corrected, without_mars
+
+#: MARS's :math:`\\beta_1` for Shampoo, which has no momentum (the value
+#: :meth:`NativeOptimizer.prepared_grad` takes for optimizers without a first-moment beta)
+MARS_BETA1 = 0.9
 
 
 def _inverse_roots(mats: torch.Tensor, power: float, eps: float, method: str) -> torch.Tensor:
@@ -51,12 +56,27 @@ class Shampoo(NativeOptimizer):
         matrix_power_method: ``"eigh_abs"`` or ``"eigh"``.
         merge_small, max_dim, precondition_1d: layout, see above.
         adagrad_eps: :math:`\\epsilon_a` of the Adagrad fallback.
-        weight_decay, maximize, gradient_clipping, caution, update_clipping, warmup_steps:
-            shared flags (:data:`optbridge.native.base.SHARED_FLAGS`), off by default.
+        weight_decay, maximize, gradient_clipping, caution, update_clipping, warmup_steps,
+            mars, mars_gamma, storage_dtype: shared flags
+            (:data:`optbridge.native.base.SHARED_FLAGS`), off by default.
+
+    ``mars``: the MARS-corrected gradient
+    :math:`C_t = G_t + \\gamma\\frac{\\beta_1}{1-\\beta_1}(G_t - G_{t-1})`, :math:`C_1 = G_1`,
+    with :math:`\\beta_1 = 0.9` (``MARS_BETA1``; Shampoo has no momentum) replaces :math:`G`
+    everywhere: in the statistics (:math:`S_i \\mathrel{+}= C_{(i)} C_{(i)}^\\top`, the Adagrad
+    sum :math:`\\sum C^2`) as MARS-AdamW feeds :math:`c_t` to its second moment, and in the
+    preconditioned step :math:`C \\times_1 P_1 \\cdots`. ``storage_dtype="bfloat16"``: the
+    elementwise buffers (the Adagrad sum of tensors without a preconditioned dimension, MARS's
+    previous gradient) are stored in bfloat16, the Adagrad sum with stochastic rounding (seed
+    ``sr_seed(param position, 0, step)``) after an fp32 update, and the step uses the fp32 sum
+    before rounding; the statistics :math:`S_i` and the roots :math:`P_i` stay in fp32 (fp64
+    for fp64 parameters).
     """
 
     flags = frozenset({"weight_decay", "maximize", "gradient_clipping", "caution",
-                       "update_clipping", "warmup_steps"})
+                       "update_clipping", "warmup_steps", "mars", "mars_gamma",
+                       "storage_dtype"})
+    slots = ("diag",)
     rules = dict(lr=checks.nonnegative, beta=checks.optional(checks.unit_interval),
                  update_freq=checks.positive_int, matrix_power=checks.optional(checks.number),
                  matrix_eps=checks.positive,
@@ -82,28 +102,39 @@ class Shampoo(NativeOptimizer):
         if live is None:
             return loss
         items, roots = [], {}
+        positions = None
         for group, params in live:
+            seen = without_mars(group)
+            storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
             for p in params:
                 st = self.state[p]
-                g = self.prepared_grad(p, p.grad, st, group,
+                g = self.prepared_grad(p, p.grad, st, seen,
                                        None if factor is None else factor[p.device])
+                if group.get("mars"):
+                    g = mars_corrected(g, st, MARS_BETA1, group["mars_gamma"],
+                                       self.slot_dtype(p, storage))
                 work, dims = layout(tuple(p.shape), group["merge_small"], group["max_dim"],
                                     group["precondition_1d"])
                 st["step"] = st.get("step", 0) + 1
-                items.append((group, p, g, st, work, dims))
+                diag = None
                 if dims:
                     self._accumulate(group, p, g, st, work, dims, roots)
                 else:
-                    self._accumulate_diagonal(group, g, st)
+                    if storage != torch.float32 and positions is None:
+                        positions = self.param_positions()
+                    diag = self._accumulate_diagonal(
+                        group, p, g, st, storage,
+                        None if positions is None else positions[id(p)])
+                items.append((group, p, g, st, work, dims, diag))
         for (_, _, _, power, eps, method), members in roots.items():
             res = _inverse_roots(torch.stack([m for _, _, m in members]), power, eps, method)
             torch._foreach_copy_([st[name] for st, name, _ in members], list(res.unbind(0)))
-        for group, p, g, st, work, dims in items:
+        for group, p, g, st, work, dims, diag in items:
             if dims:
                 factors = [st.get(f"precond{d}") for d in range(len(work))]
                 u = contract(g.reshape(work), factors).reshape(p.shape)
             else:
-                u = g / (st["diag"].sqrt() + group["adagrad_eps"])
+                u = g / (diag.sqrt() + group["adagrad_eps"])
             self.apply_update(p, u, g, group, self.lr_at(group, st["step"]))
         return loss
 
@@ -129,12 +160,15 @@ class Shampoo(NativeOptimizer):
                        group["matrix_power_method"])
                 roots.setdefault(key, []).append((st, f"precond{d}", acc))
 
-    @staticmethod
-    def _accumulate_diagonal(group, g, st) -> None:
-        acc = st.get("diag")
-        if acc is None:
-            acc = st["diag"] = torch.zeros_like(g)
+    def _accumulate_diagonal(self, group, p, g, st, storage, position) -> torch.Tensor:
+        """Adagrad's :math:`\\sum g^2` (or its EMA); returns it in the compute dtype and stores
+        it (stochastic rounding into bfloat16 storage, slot index 0)."""
+        if "diag" not in st:
+            st["diag"] = torch.zeros_like(p, dtype=self.slot_dtype(p, storage))
+        acc = self.read_slot(st, "diag", p)
         if group["beta"] is None:
             acc.addcmul_(g, g)
         else:
             acc.mul_(group["beta"]).addcmul_(g, g, value=1 - group["beta"])
+        self.write_slot(st, "diag", acc, position, 0, st["step"])
+        return acc

@@ -14,9 +14,9 @@ import torch
 from optbridge.core import checks
 from optbridge.m.preconditioners._kron import contract, layout, outer
 
-from .base import NativeOptimizer
+from .base import STORAGE_DTYPES, NativeOptimizer
 from .matrix_groups import group_by
-
+from .matrix_mars import mars_corrected, without_mars
 
 def _shampoo_beta(v):
     ok = checks._finite(v) and v < 1
@@ -96,11 +96,36 @@ class SOAP(NativeOptimizer):
       instead of the reference's round trip through the original space at every step (the
       same algorithm in exact arithmetic, two contractions per tensor and step fewer; as
       :class:`optbridge.m.SOAP`).
+    - ``caution=True`` / ``update_clipping=c``: applied to the final update in the original
+      space, after the back projection, ``normalize_grads`` and the bias-correction factor
+      :math:`s_t = \\sqrt{1-\\beta_2^t}/(1-\\beta_1^t)` (1 without ``correct_bias``;
+      no :math:`\\beta_2` term under ``palm``):
+      :math:`u = s_t\\,\\mathrm{back}(\\cdot)`, caution (Liang et al., 2024)
+      :math:`u \\leftarrow u \\odot [u \\odot G > 0]\\cdot n / \\max(1, \\#\\text{kept})`,
+      clipping :math:`u \\leftarrow \\mathrm{clamp}(u, -c, c)`, then
+      :math:`W \\leftarrow W - \\eta u` and the weight decay after it as in the reference.
+    - ``mars=True`` (Yuan et al., 2024, https://arxiv.org/abs/2411.10438): the corrected
+      gradient :math:`C_t = G_t + \\gamma\\frac{\\beta_1}{1-\\beta_1}(G_t - G_{t-1})`
+      (:math:`C_1 = G_1`; :math:`\\gamma` = ``mars_gamma``) replaces :math:`G` everywhere
+      SOAP reads the gradient: the projection into :math:`m, v`, the statistics
+      :math:`S_i \\leftarrow \\beta_s S_i + (1-\\beta_s) C_{(i)} C_{(i)}^\\top` (MARS
+      swaps the stochastic gradient for the variance-reduced one inside the optimizer, whose
+      preconditioner statistics included, as its MARS-AdamW does for :math:`v`) and the
+      caution mask. :math:`G_{t-1}` is the ``mars_prev_grad`` slot (the gradient after
+      unscaling, clipping and ``maximize``).
+    - ``storage_dtype="bfloat16"``: :math:`m` and :math:`v` are stored in bfloat16; each
+      step reads them once into fp32, runs the whole step (Adam update, basis change) in
+      fp32 and stores them once, stochastically rounded with the seeds
+      ``sr_seed(param position, 0 for m / 1 for v, step)`` (:mod:`.stochastic_rounding`);
+      :math:`S_i, Q_i` stay fp32; MARS's previous gradient is stored in bfloat16 as for the
+      elementwise optimizers (``prepared_grad``). fp64 parameters keep fp64 state.
     - shared flags ``maximize``, ``gradient_clipping``, ``warmup_steps``.
     """
 
     flags = frozenset({"weight_decay", "maximize", "gradient_clipping", "palm", "beta2_scale",
-                       "warmup_steps"})
+                       "warmup_steps", "caution", "update_clipping", "mars", "mars_gamma",
+                       "storage_dtype"})
+    slots = ("exp_avg", "exp_avg_sq")  # elementwise state (load_state_dict keeps their dtype)
     rules = dict(lr=checks.nonnegative, betas=checks.pair(checks.unit_interval),
                  shampoo_beta=_shampoo_beta, eps=checks.positive,
                  precondition_frequency=_frequency, max_precond_dim=checks.positive_int,
@@ -165,25 +190,61 @@ class SOAP(NativeOptimizer):
         for group, params in live:
             for p in params:
                 st = self.state[p]
-                g = self.prepared_grad(p, p.grad, st, group,
-                                       None if factor is None else factor[p.device])
+                g = self._gradient(p, st, group, None if factor is None else factor[p.device])
                 item = (group, p, g, st, self._layout(p, group))
                 (ready if "Q_ready" in st else fresh).append(item)
         if ready:
+            stored = self._widen_moments(ready)
             self._adam(ready)
             self._update_preconditioners(ready)
+            self._store_moments(stored)
         if fresh:
             self._initialise(fresh)
         return loss
+
+    def _gradient(self, p, st, group, grad_factor) -> torch.Tensor:
+        """``prepared_grad``, MARS-corrected (:mod:`.matrix_mars`) when ``mars`` is on."""
+        if not group.get("mars"):
+            return self.prepared_grad(p, p.grad, st, group, grad_factor)
+        g = self.prepared_grad(p, p.grad, st, without_mars(group), grad_factor)
+        return mars_corrected(g, st, group["betas"][0], group["mars_gamma"],
+                              self.slot_dtype(p, self._storage(group)))
+
+    @staticmethod
+    def _storage(group) -> torch.dtype:
+        return STORAGE_DTYPES[group.get("storage_dtype", "float32")]
+
+    def _widen_moments(self, items) -> list:
+        """bfloat16-stored ``m, v`` replaced by fp32 working copies for this step; returns
+        ``(state, param position, stored m, stored v)`` for :meth:`_store_moments`."""
+        stored, ids = [], None
+        for _, p, _, st, _ in items:
+            if st["exp_avg"].dtype == self.compute_dtype(p):
+                continue
+            if ids is None:
+                ids = self.param_positions()
+            stored.append((st, ids[id(p)], st["exp_avg"], st["exp_avg_sq"]))
+            st["exp_avg"] = self.read_slot(st, "exp_avg", p)
+            st["exp_avg_sq"] = self.read_slot(st, "exp_avg_sq", p)
+        return stored
+
+    def _store_moments(self, stored) -> None:
+        """The step's fp32 ``m, v`` stochastically rounded into their bfloat16 slots."""
+        for st, pid, m_low, v_low in stored:
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            st["exp_avg"], st["exp_avg_sq"] = m_low, v_low
+            self.write_slot(st, "exp_avg", m, pid, 0, st["step"])
+            self.write_slot(st, "exp_avg_sq", v, pid, 1, st["step"])
 
     def _initialise(self, items) -> None:
         """First step: statistics from this gradient and their eigenbases; no update."""
         stacks: dict = {}
         for group, p, g, st, (perm, work, dims) in items:
             wd = self.compute_dtype(p)
+            md = self.slot_dtype(p, self._storage(group))  # wd unless bfloat16 storage
             st["step"] = 0
-            st["exp_avg"] = torch.zeros(work, dtype=wd, device=p.device)
-            st["exp_avg_sq"] = torch.zeros(work, dtype=wd, device=p.device)
+            st["exp_avg"] = torch.zeros(work, dtype=md, device=p.device)
+            st["exp_avg_sq"] = torch.zeros(work, dtype=md, device=p.device)
             st["Q_ready"] = True
             gw = self._to_work(g, perm, work)
             sb = self._shampoo_beta(group)
@@ -225,17 +286,25 @@ class SOAP(NativeOptimizer):
                 torch._foreach_add_(v, torch._foreach_mul(gp, gp), alpha=1 - b2)
             den = torch._foreach_sqrt(v)
             torch._foreach_add_(den, group["eps"])
+            shaped = group.get("caution") or group.get("update_clipping") is not None
+            # caution / update clipping through the shared tail, weight decay kept after it
+            undecayed = dict(caution=group.get("caution"),
+                             update_clipping=group.get("update_clipping"))
             for (_, p, g, st, (perm, work, _)), mi, di, t in zip(members, m, den, steps):
                 lr = self.lr_at(group, t)
-                step_size = lr
-                if group["correct_bias"]:
-                    bc2 = 1.0 if group.get("palm") else 1.0 - b2**t
-                    step_size = step_size * (bc2**0.5) / (1.0 - b1**t)
+                bc2 = 1.0 if group.get("palm") else 1.0 - b2**t
                 u = contract(mi / di, self._factors(st, work), transpose=True)
                 u = self._from_work(u, perm, p)
                 if group["normalize_grads"]:
                     u = u / (1e-30 + torch.mean(u**2) ** 0.5)
-                p.add_(u.to(p.dtype), alpha=-step_size)
+                if shaped:
+                    scale = (bc2**0.5) / (1.0 - b1**t) if group["correct_bias"] else 1.0
+                    self.apply_update(p, u, g, undecayed, lr, scale=scale)
+                else:  # the reference's arithmetic
+                    step_size = lr
+                    if group["correct_bias"]:
+                        step_size = step_size * (bc2**0.5) / (1.0 - b1**t)
+                    p.add_(u.to(p.dtype), alpha=-step_size)
                 if group["weight_decay"] > 0.0:
                     p.add_(p, alpha=-lr * group["weight_decay"])
 

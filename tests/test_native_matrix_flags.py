@@ -55,11 +55,11 @@ def test_muon_caution_and_update_clipping_match_their_formulas():
 
 
 def test_flags_a_matrix_optimizer_does_not_support_are_rejected():
+    """``palm`` schedules a second-moment beta2: optimizers without one reject it."""
     p = torch.zeros(3, 3, requires_grad=True)
-    with pytest.raises(ValueError, match=r"PSGDKron: flag 'caution' is not supported"):
-        PSGDKron([p], caution=True)
-    with pytest.raises(ValueError, match=r"SOAP: flag 'storage_dtype' is not supported"):
-        SOAP([p], storage_dtype="bfloat16")
+    for cls in (PSGDKron, Muon, Shampoo):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}: flag 'palm' is not supported"):
+            cls([p], palm=True)
     with pytest.raises(TypeError, match=r"Muon: unexpected argument 'foo'"):
         Muon([p], foo=1)
 
