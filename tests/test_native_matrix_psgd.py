@@ -94,6 +94,27 @@ class RefKron(torch.optim.Optimizer):
                          or len(shape) < h["min_ndim"] else torch.eye(n, dtype=p.dtype))
                 for n, d in zip(shape, diag)]
 
+    def preconditioned(self, p, Q, d, fit, balance: bool, do_update: bool):
+        """kron_torch's update of one parameter from its direction ``d``: balance the factors,
+        precondition (before the fit when delayed), fit Q on ``fit`` with a fresh normal V,
+        then cap the RMS at 1.1."""
+        h = self.h
+        shape = tuple(p.shape) or (1,)
+        d, fit = d.reshape(shape), fit.reshape(shape)
+        if p.ndim > 1 and balance:
+            norms = torch.stack([q.abs().max() for q in Q])
+            gm = norms.prod() ** (1 / len(Q))
+            for q, n in zip(Q, gm / norms):
+                q.mul_(n)
+        pre = ref_precondition(Q, d) if h["delayed"] else None
+        if do_update:
+            V = torch.randn(p.shape, generator=self.gen, dtype=p.dtype).reshape(shape)
+            ref_update_Q(Q, fit, V, h["plr"])
+        if pre is None:
+            pre = ref_precondition(Q, d)
+        pre = pre.reshape(p.shape)
+        return pre * torch.clamp(1.1 / (pre.square().mean().sqrt() + 1e-6), max=1.0)
+
     @torch.no_grad()
     def step(self):
         h = self.h
@@ -115,22 +136,7 @@ class RefKron(torch.optim.Optimizer):
                     st["m"].mul_(group["beta"]).add_(g, alpha=1 - group["beta"])
                     d = st["m"] / (1 - group["beta"] ** st["step"])
                     fit = d if h["into"] else g
-                shape = tuple(p.shape) or (1,)
-                d, fit = d.reshape(shape), fit.reshape(shape)
-                Q = st["Q"]
-                if p.ndim > 1 and balance:
-                    norms = torch.stack([q.abs().max() for q in Q])
-                    gm = norms.prod() ** (1 / len(Q))
-                    for q, n in zip(Q, gm / norms):
-                        q.mul_(n)
-                pre = ref_precondition(Q, d) if h["delayed"] else None
-                if do_update:
-                    V = torch.randn(p.shape, generator=self.gen, dtype=p.dtype).reshape(shape)
-                    ref_update_Q(Q, fit, V, h["plr"])
-                if pre is None:
-                    pre = ref_precondition(Q, d)
-                pre = pre.reshape(p.shape)
-                pre = pre * torch.clamp(1.1 / (pre.square().mean().sqrt() + 1e-6), max=1.0)
+                pre = self.preconditioned(p, st["Q"], d, fit, balance, do_update)
                 if group["wd"] != 0 and p.ndim >= 2:
                     pre = pre + group["wd"] * p
                 p.add_(pre, alpha=-group["lr"])

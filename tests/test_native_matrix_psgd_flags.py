@@ -25,9 +25,7 @@ from test_native_matrix_psgd import (
     RefKron,
     _ours,
     assert_same,
-    ref_precondition,
     ref_schedule,
-    ref_update_Q,
     run,
 )
 
@@ -77,22 +75,7 @@ class RefKronFlags(RefKron):
                         stochastic_round_(st["m"], m32, sr_seed(pid, 0, st["step"]))
                     d = m32 / (1 - beta ** st["step"])
                     fit = d if h["into"] else g
-                shape = tuple(p.shape) or (1,)
-                d, fit = d.reshape(shape), fit.reshape(shape)
-                Q = st["Q"]
-                if p.ndim > 1 and balance:
-                    norms = torch.stack([q.abs().max() for q in Q])
-                    gm = norms.prod() ** (1 / len(Q))
-                    for q, n in zip(Q, gm / norms):
-                        q.mul_(n)
-                pre = ref_precondition(Q, d) if h["delayed"] else None
-                if do_update:
-                    V = torch.randn(p.shape, generator=self.gen, dtype=p.dtype).reshape(shape)
-                    ref_update_Q(Q, fit, V, h["plr"])
-                if pre is None:
-                    pre = ref_precondition(Q, d)
-                u = pre.reshape(p.shape)
-                u = u * torch.clamp(1.1 / (u.square().mean().sqrt() + 1e-6), max=1.0)
+                u = self.preconditioned(p, st["Q"], d, fit, balance, do_update)
                 if f["caution"]:
                     mask = (u * g) > 0
                     kept = mask.sum().clamp(min=1).to(u.dtype)

@@ -76,6 +76,23 @@ class RefSOAP(torch.optim.Optimizer):
         if st["step"] > 0:
             st["exp_avg"] = self.project(st["exp_avg"], st, group)
 
+    def first_step(self, g, st, group):
+        """The reference's first step: create the state, fill GG, no parameter update."""
+        st["step"] = 0
+        st["exp_avg"] = torch.zeros_like(g)
+        st["exp_avg_sq"] = torch.zeros_like(g)
+        b2 = group["betas"][1]
+        st["sb"] = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else b2
+        gm = g.reshape(self.shape_of(g, group))
+        if g.dim() == 1:
+            ok = group["p1d"] and g.shape[0] <= group["max_dim"]
+            st["GG"] = [torch.zeros(len(g), len(g), dtype=g.dtype) if ok else []]
+        else:
+            st["GG"] = [torch.zeros(s, s, dtype=g.dtype) if s <= group["max_dim"]
+                        else [] for s in gm.shape]
+        st["Q"] = None
+        self.update_preconditioner(g, st, group)
+
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
@@ -85,19 +102,7 @@ class RefSOAP(torch.optim.Optimizer):
                     continue
                 g, st = p.grad, self.state[p]
                 if "step" not in st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(g)
-                    st["exp_avg_sq"] = torch.zeros_like(g)
-                    st["sb"] = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else b2
-                    gm = g.reshape(self.shape_of(g, group))
-                    if g.dim() == 1:
-                        ok = group["p1d"] and g.shape[0] <= group["max_dim"]
-                        st["GG"] = [torch.zeros(len(g), len(g), dtype=g.dtype) if ok else []]
-                    else:
-                        st["GG"] = [torch.zeros(s, s, dtype=g.dtype) if s <= group["max_dim"]
-                                    else [] for s in gm.shape]
-                    st["Q"] = None
-                    self.update_preconditioner(g, st, group)
+                    self.first_step(g, st, group)
                     continue
                 gp = self.project(g, st, group)
                 st["step"] += 1

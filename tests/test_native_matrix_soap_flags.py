@@ -60,19 +60,7 @@ class RefSOAPFlags(RefSOAP):
                 st = self.state[p]
                 g = self.corrected(p.grad.clone(), st, b1)
                 if "step" not in st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(g)
-                    st["exp_avg_sq"] = torch.zeros_like(g)
-                    st["sb"] = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else b2
-                    gm = g.reshape(self.shape_of(g, group))
-                    if g.dim() == 1:
-                        ok = group["p1d"] and g.shape[0] <= group["max_dim"]
-                        st["GG"] = [torch.zeros(len(g), len(g), dtype=g.dtype) if ok else []]
-                    else:
-                        st["GG"] = [torch.zeros(s, s, dtype=g.dtype) if s <= group["max_dim"]
-                                    else [] for s in gm.shape]
-                    st["Q"] = None
-                    self.update_preconditioner(g, st, group)
+                    self.first_step(g, st, group)
                     continue
                 gp = self.project(g, st, group)
                 st["step"] += 1
