@@ -18,6 +18,7 @@ from .base import STORAGE_DTYPES, NativeOptimizer
 from .matrix_groups import group_by
 from .matrix_mars import mars_corrected, without_mars
 
+
 def _shampoo_beta(v):
     ok = checks._finite(v) and v < 1
     return None if ok else "a number < 1 (negative: use betas[1])"

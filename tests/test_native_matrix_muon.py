@@ -210,12 +210,13 @@ def test_muon_float64_params_match_official():
     assert_same(a, b, rtol=1e-12, atol=1e-14)
 
 
-def test_muon_batched_equals_one_by_one():
+@pytest.mark.parametrize("kw", [{}, dict(mars=True, mars_gamma=0.05)], ids=["plain", "mars"])
+def test_muon_batched_equals_one_by_one(kw):
     """Each matrix in its own optimizer (stacks of one) gives the same parameters."""
     mats, vecs, _ = make_params()
     mats2 = [p.detach().clone().requires_grad_() for p in mats]
-    opt = Muon(mats)
-    singles = [Muon([p]) for p in mats2]
+    opt = Muon(mats, **kw)
+    singles = [Muon([p], **kw) for p in mats2]
     for k in range(10):
         for ps, opts in ((mats, [opt]), (mats2, singles)):
             for o in opts:

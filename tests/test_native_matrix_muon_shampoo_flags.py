@@ -9,7 +9,6 @@ bfloat16 storage: the buffers updated in fp32 from the stored values, then stoch
 rounded with ``stochastic_round_(buf, value, sr_seed(param position, slot, step))``.
 """
 
-import io
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from test_native_matrix_muon import (RefMuonWithAuxAdam, loss_of, make_params,
 from test_native_matrix_muon import run as run_muon
 from test_native_matrix_shampoo import RefShampoo
 from test_native_matrix_shampoo import run as run_shampoo
-from trajectory import assert_snapshots_close
+from trajectory import assert_snapshots_close, train_with_reload
 
 GAMMA = 0.05
 
@@ -81,22 +80,6 @@ def test_muon_mars_matches_reference_on_corrected_gradients():
     assert torch.equal(b[-1][-1], make_params()[2].detach())  # grad None: untouched
     # same-shape matrices still went through one stacked Newton–Schulz
     assert any(k[0] == (5, 6) and s.X.shape[0] == 4 for k, s in opt._stacks.items())
-
-
-def test_muon_mars_batched_equals_one_by_one():
-    mats, _, _ = make_params()
-    mats2 = [p.detach().clone().requires_grad_() for p in mats]
-    opt = Muon(mats, mars=True, mars_gamma=GAMMA)
-    singles = [Muon([p], mars=True, mars_gamma=GAMMA) for p in mats2]
-    for k in range(8):
-        for ps, opts in ((mats, [opt]), (mats2, singles)):
-            for o in opts:
-                o.zero_grad()
-            loss_of(ps, [], k).backward()
-            for o in opts:
-                o.step()
-    for x, y in zip(mats, mats2):
-        assert torch.equal(x, y)
 
 
 # ------------------------------------------------------------------------------ MuonLaProp
@@ -267,22 +250,12 @@ def test_shampoo_bfloat16_storage_matches_stochastic_rounding_reference():
 
 
 # ------------------------------------------------------------------------------ checkpoints
+def _cos_loss(params, k):
+    return sum((torch.cos(p * (k + 1)) * p).sum() + (p**2).sum() for p in params)
+
+
 def _train(make, params, steps, split=None):
-    """Steps on a fixed loss; at ``split`` the state goes through torch.save /
-    torch.load(weights_only=True) into a fresh optimizer over cloned parameters."""
-    opt = make(params)
-    for k in range(steps):
-        if k == split:
-            buf = io.BytesIO()
-            torch.save(opt.state_dict(), buf)
-            buf.seek(0)
-            params = [p.detach().clone().requires_grad_() for p in params]
-            opt = make(params)
-            opt.load_state_dict(torch.load(buf, weights_only=True))
-        opt.zero_grad()
-        sum((torch.cos(p * (k + 1)) * p).sum() + (p**2).sum() for p in params).backward()
-        opt.step()
-    return params, opt
+    return train_with_reload(make, params, steps, split, loss=_cos_loss)
 
 
 def _muon_groups(ps):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from optbridge.native import PSGDKron, precond_update_prob_schedule
-from trajectory import assert_snapshots_close
+from trajectory import assert_snapshots_close, train_with_reload
 
 TINY = torch.finfo(torch.bfloat16).tiny
 
@@ -244,17 +244,9 @@ def test_psgd_state_dict_round_trip_continues_exactly():
         gen = torch.Generator().manual_seed(2)
         ps = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_()
               for s in [(4, 3), (5,)]]
-        opt = PSGDKron(ps, lr=0.01, preconditioner_update_probability=0.5, cached=True)
-        for k in range(12):
-            if k == split:
-                sd = opt.state_dict()
-                ps = [p.detach().clone().requires_grad_() for p in ps]
-                opt = PSGDKron(ps, lr=0.01, preconditioner_update_probability=0.5, cached=True)
-                opt.load_state_dict(sd)
-            opt.zero_grad()
-            sum((torch.cos(p * (k + 1)) * p).sum() for p in ps).backward()
-            opt.step()
-        return ps
+        return train_with_reload(
+            lambda xs: PSGDKron(xs, lr=0.01, preconditioner_update_probability=0.5, cached=True),
+            ps, 12, split, loss=lambda xs, k: sum((torch.cos(x * (k + 1)) * x).sum() for x in xs))[0]
 
     for a, b in zip(go(None), go(5)):
         assert torch.equal(a, b)

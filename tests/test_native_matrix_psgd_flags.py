@@ -12,7 +12,6 @@ The reference draws from its torch.Generator in the same order as the optimizer 
 balance draw, then one Gaussian probe per parameter on update steps).
 """
 
-import io
 
 import pytest
 import torch
@@ -28,6 +27,7 @@ from test_native_matrix_psgd import (
     ref_schedule,
     run,
 )
+from trajectory import sin_loss, train_with_reload
 
 
 class RefKronFlags(RefKron):
@@ -125,22 +125,9 @@ def _bf16_run(steps, split=None, **kw):
     torch.save / torch.load(weights_only=True) into a fresh optimizer."""
     gen = torch.Generator().manual_seed(3)
     ps = [torch.randn(s, generator=gen).requires_grad_() for s in [(6, 5), (6, 5), (4,), (3, 2, 2)]]
-    make = lambda xs: PSGDKron(xs, lr=0.01, storage_dtype="bfloat16", **kw)  # noqa: E731
-    opt = make(ps)
-    for k in range(steps):
-        if k == split:
-            buf = io.BytesIO()
-            torch.save(opt.state_dict(), buf)
-            buf.seek(0)
-            ps = [p.detach().clone().requires_grad_() for p in ps]
-            opt = make(ps)
-            opt.load_state_dict(torch.load(buf, weights_only=True))
-            assert all(opt.state[p][k].dtype == torch.bfloat16 for p in ps
-                       for k in ("momentum_buffer", "mars_prev_grad"))
-        opt.zero_grad()
-        sum((torch.sin(p * (k + 1)) * p).sum() + (p**2).sum() for p in ps).backward()
-        opt.step()
-    return ps, opt
+    return train_with_reload(
+        lambda xs: PSGDKron(xs, lr=0.01, storage_dtype="bfloat16", **kw), ps, steps, split,
+        loss=lambda xs, k: sin_loss(xs, k) + sum((x**2).sum() for x in xs))
 
 
 @pytest.mark.parametrize("kw", [
@@ -217,12 +204,14 @@ def test_psgd_bfloat16_storage_is_deterministic_and_round_trips():
     kw = dict(cached=True, mars=True, mars_gamma=0.05, preconditioner_update_probability=0.5)
     a, opt = _bf16_run(16, **kw)
     b, _ = _bf16_run(16, **kw)
-    c, _ = _bf16_run(16, split=7, **kw)
+    c, resumed = _bf16_run(16, split=7, **kw)
     for x, y, z in zip(a, b, c):
         assert torch.equal(x, y) and torch.equal(x, z)
-    st = opt.state[a[0]]
-    assert st["momentum_buffer"].dtype == torch.bfloat16
-    assert all(st[f"Q{i}"].dtype == torch.float32 for i in range(st["n_factors"]))
+    for o, ps in ((opt, a), (resumed, c)):  # bfloat16 slots stay bfloat16 through the load
+        for p in ps:
+            st = o.state[p]
+            assert st["momentum_buffer"].dtype == st["mars_prev_grad"].dtype == torch.bfloat16
+            assert all(st[f"Q{i}"].dtype == torch.float32 for i in range(st["n_factors"]))
 
 
 @pytest.mark.parametrize("kw", [dict(delayed=True), dict(pure=True), dict(cached=True)])

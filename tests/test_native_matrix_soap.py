@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from optbridge.native import SOAP, linear_frequency_schedule
-from trajectory import assert_snapshots_close, merge_dims_reference
+from trajectory import assert_snapshots_close, merge_dims_reference, train_with_reload
 
 
 def merge(shape, max_dim):
@@ -210,17 +210,9 @@ def test_soap_state_dict_round_trip_continues_exactly():
         gen = torch.Generator().manual_seed(3)
         ps = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_()
               for s in [(6, 5), (4,), (3, 2, 2)]]
-        opt = SOAP(ps, lr=0.01, precondition_frequency=3, precondition_1d=True)
-        for k in range(14):
-            if k == split:
-                sd = opt.state_dict()
-                ps = [p.detach().clone().requires_grad_() for p in ps]
-                opt = SOAP(ps, lr=0.01, precondition_frequency=3, precondition_1d=True)
-                opt.load_state_dict(sd)
-            opt.zero_grad()
-            sum((torch.sin(p * (k + 1)) * p).sum() for p in ps).backward()
-            opt.step()
-        return ps
+        return train_with_reload(
+            lambda xs: SOAP(xs, lr=0.01, precondition_frequency=3, precondition_1d=True),
+            ps, 14, split)[0]
 
     for a, b in zip(go(None), go(6)):
         assert torch.equal(a, b)

@@ -3,7 +3,6 @@
 with the flag formulas written out on top."""
 
 import functools
-import io
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from optbridge.native import SOAP
 from optbridge.native.base import sr_seed
 from optbridge.native.stochastic_rounding import stochastic_round_
 from test_native_matrix_soap import RefSOAP, run
+from trajectory import train_with_reload
 
 
 class RefSOAPFlags(RefSOAP):
@@ -190,20 +190,7 @@ def _go(split, dtype=torch.float32, **kw):
     gen = torch.Generator().manual_seed(3)
     ps = [torch.randn(s, generator=gen).to(dtype).requires_grad_()
           for s in [(6, 5), (6, 5), (4,), (3, 2, 2)]]
-    opt = SOAP(ps, **kw)
-    for k in range(14):
-        if k == split:
-            buf = io.BytesIO()
-            torch.save(opt.state_dict(), buf)
-            buf.seek(0)
-            sd = torch.load(buf, weights_only=True)
-            ps = [p.detach().clone().requires_grad_() for p in ps]
-            opt = SOAP(ps, **kw)
-            opt.load_state_dict(sd)
-        opt.zero_grad()
-        sum((torch.sin(p * (k + 1)) * p).sum() for p in ps).backward()
-        opt.step()
-    return ps, opt
+    return train_with_reload(lambda xs: SOAP(xs, **kw), ps, 14, split)
 
 
 @pytest.mark.parametrize("kw", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 
 
@@ -90,3 +92,28 @@ def merge_dims_reference(shape, max_dim):
     if cur > 1 or not out:
         out.append(cur)
     return tuple(out)
+
+
+def sin_loss(params, k):
+    """A loss that changes with the step ``k``: sum of sin(p (k + 1)) p."""
+    return sum((torch.sin(p * (k + 1)) * p).sum() for p in params)
+
+
+def train_with_reload(make_opt, params, steps, split=None, loss=sin_loss):
+    """``steps`` optimizer steps on ``loss(params, k)``. At step ``split`` the optimizer's
+    state goes through ``torch.save`` / ``torch.load(weights_only=True)`` into a fresh
+    ``make_opt`` over clones of the parameters, as a resumed run would. Returns
+    ``(params, optimizer)``."""
+    opt = make_opt(params)
+    for k in range(steps):
+        if k == split:
+            buf = io.BytesIO()
+            torch.save(opt.state_dict(), buf)
+            buf.seek(0)
+            params = [p.detach().clone().requires_grad_() for p in params]
+            opt = make_opt(params)
+            opt.load_state_dict(torch.load(buf, weights_only=True))
+        opt.zero_grad()
+        loss(params, k).backward()
+        opt.step()
+    return params, opt
