@@ -70,6 +70,8 @@ import torch
 from optbridge.core import checks
 
 from . import cpu_kernels, triton_kernels
+from .mars import PREV as MARS_PREV
+from .mars import mars_corrected
 from .stochastic_rounding import stochastic_round_
 
 SHARED_FLAGS = {
@@ -310,14 +312,15 @@ class NativeOptimizer(torch.optim.Optimizer):
         if group.get("maximize"):
             g.neg_()
         if group.get("mars"):
-            prev = state["mars_prev_grad"]
-            beta1 = group["betas"][0] if "betas" in group else group.get("momentum", 0.9)
-            corrected = g + (group["mars_gamma"] * beta1 / (1 - beta1)) * (g - prev.to(g.dtype))
-            if state["step"].item() == 1:
-                corrected = g.clone()  # no previous gradient yet
-            prev.copy_(g)
-            g = corrected
+            storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
+            g = mars_corrected(g, state, self.mars_beta1(group), group["mars_gamma"],
+                               self.slot_dtype(p, storage))
         return g
+
+    def mars_beta1(self, group) -> float:
+        """:math:`\\beta_1` of the MARS correction: the first beta, else the momentum, else 0.9
+        (optimizers whose first moment is called otherwise override this)."""
+        return group["betas"][0] if "betas" in group else group.get("momentum", 0.9)
 
     @staticmethod
     def plain(group, p) -> bool:
@@ -656,7 +659,8 @@ class NativeOptimizer(torch.optim.Optimizer):
         st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
         storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
         for k in self.slot_names(group):
-            st[k] = torch.zeros(p.shape, dtype=self.slot_dtype(p, storage), device=p.device)
+            if k != MARS_PREV:  # created by the first corrected step (see .mars)
+                st[k] = torch.zeros(p.shape, dtype=self.slot_dtype(p, storage), device=p.device)
         self.init_state(p, st, group)
 
     def init_state(self, p, state, group):

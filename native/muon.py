@@ -15,7 +15,6 @@ from optbridge.core import checks
 
 from .base import STORAGE_DTYPES, NativeOptimizer
 from .matrix_groups import group_by, muon_matrices, wide
-from .matrix_mars import mars_corrected, without_mars
 from .newton_schulz import NewtonSchulzStack
 
 _MUON_KEYS = {"lr", "momentum", "nesterov", "ns_steps", "weight_decay"}
@@ -92,12 +91,9 @@ class _OrthogonalizedBase(NativeOptimizer):
             return loss
         matrix_work = []
         for group, params in live:
-            seen = without_mars(group)
-            grads = [self.prepared_grad(p, p.grad, self.state[p], seen,
+            grads = [self.prepared_grad(p, p.grad, self.state[p], group,
                                         None if factor is None else factor[p.device])
                      for p in params]
-            if group.get("mars"):
-                grads = self._mars(group, params, grads)
             if group["use_muon"]:
                 matrix_work.append((group, params, grads, self.directions(group, params, grads)))
             else:
@@ -105,17 +101,6 @@ class _OrthogonalizedBase(NativeOptimizer):
         if matrix_work:
             self._orthogonalize_and_apply(matrix_work)
         return loss
-
-    def mars_beta1(self, group) -> float:
-        """:math:`\\beta_1` of the MARS correction: the first beta of the group."""
-        return group["betas"][0]
-
-    def _mars(self, group, params, grads) -> list:
-        """The MARS-corrected gradients (:mod:`.matrix_mars`) of one group."""
-        beta1, gamma = self.mars_beta1(group), group["mars_gamma"]
-        storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
-        return [mars_corrected(g, self.state[p], beta1, gamma, self.slot_dtype(p, storage))
-                for p, g in zip(params, grads)]
 
     def slot_names(self, group) -> tuple:
         """The elementwise slots: ``slots`` (+ MARS) in Muon groups, only MARS's in the AdamW
@@ -250,7 +235,7 @@ class Muon(_OrthogonalizedBase):
     ``caution``, ``update_clipping``, ``warmup_steps``; ``mars`` (+ ``mars_gamma``): the
     MARS-corrected gradient :math:`c_t = G_t + \\gamma\\frac{\\beta}{1-\\beta}(G_t - G_{t-1})`
     (:math:`\\beta` = ``momentum``; :math:`c_1 = G_1`) replaces :math:`G` in the momentum and the
-    Nesterov term (:mod:`.matrix_mars`), and in the AdamW fallback (with its first beta);
+    Nesterov term (:mod:`.mars`), and in the AdamW fallback (with its first beta);
     ``storage_dtype="bfloat16"`` (momentum buffers stored in bfloat16 with stochastic rounding,
     seed ``sr_seed(param position, 0, step)``; the step uses the fp32 value before rounding;
     the AdamW fallback's moments stay fp32); ``ns_dtype`` other than bfloat16. Parameters

@@ -16,7 +16,6 @@ from optbridge.core import checks
 
 from .base import STORAGE_DTYPES, NativeOptimizer
 from .matrix_groups import group_by
-from .matrix_mars import mars_corrected, without_mars
 from .psgd_ops import (
     balance,
     cached_factors,
@@ -205,18 +204,12 @@ class PSGDKron(NativeOptimizer):
         items = []
         for gi, (group, params) in enumerate(live):
             keep_grad = group["caution"]
-            # MARS runs here with beta1 = PSGD's beta (prepared_grad reads Adam's betas)
-            raw_group = without_mars(group)
-            storage = STORAGE_DTYPES[group["storage_dtype"]]
             for p in params:
                 st = self.state[p]
                 if "Q0" not in st:
                     self._init_state(p, st, group)
-                g = self.prepared_grad(p, p.grad, st, raw_group,
+                g = self.prepared_grad(p, p.grad, st, group,
                                        None if factor is None else factor[p.device])
-                if group["mars"]:
-                    g = mars_corrected(g, st, group["beta"], group["mars_gamma"],
-                                       self.slot_dtype(p, storage))
                 st["step"] += 1
                 if group["pure"]:
                     direction = fit = g
@@ -240,6 +233,10 @@ class PSGDKron(NativeOptimizer):
         buf.mul_(b).add_(g, alpha=1 - b)
         self.write_slot(st, "momentum_buffer", buf, ids[id(p)], 0, st["step"])
         return buf / (1 - b ** st["step"])
+
+    def mars_beta1(self, group) -> float:
+        """MARS's :math:`\\beta_1`: PSGD's momentum ``beta``."""
+        return group["beta"]
 
     @staticmethod
     def _stack_key(item):

@@ -13,11 +13,6 @@ from optbridge.core import checks
 from optbridge.m.preconditioners._kron import contract, layout, outer
 
 from .base import STORAGE_DTYPES, NativeOptimizer
-from .matrix_mars import mars_corrected, without_mars
-
-#: MARS's :math:`\\beta_1` for Shampoo, which has no momentum (the value
-#: :meth:`NativeOptimizer.prepared_grad` takes for optimizers without a first-moment beta)
-MARS_BETA1 = 0.9
 
 
 def _inverse_roots(mats: torch.Tensor, power: float, eps: float, method: str) -> torch.Tensor:
@@ -62,7 +57,7 @@ class Shampoo(NativeOptimizer):
 
     ``mars``: the MARS-corrected gradient
     :math:`C_t = G_t + \\gamma\\frac{\\beta_1}{1-\\beta_1}(G_t - G_{t-1})`, :math:`C_1 = G_1`,
-    with :math:`\\beta_1 = 0.9` (``MARS_BETA1``; Shampoo has no momentum) replaces :math:`G`
+    with :math:`\\beta_1 = 0.9` (Shampoo has no momentum: :meth:`mars_beta1`) replaces :math:`G`
     everywhere: in the statistics (:math:`S_i \\mathrel{+}= C_{(i)} C_{(i)}^\\top`, the Adagrad
     sum :math:`\\sum C^2`) as MARS-AdamW feeds :math:`c_t` to its second moment, and in the
     preconditioned step :math:`C \\times_1 P_1 \\cdots`. ``storage_dtype="bfloat16"``: the
@@ -104,15 +99,11 @@ class Shampoo(NativeOptimizer):
         items, roots = [], {}
         positions = None
         for group, params in live:
-            seen = without_mars(group)
             storage = STORAGE_DTYPES[group.get("storage_dtype", "float32")]
             for p in params:
                 st = self.state[p]
-                g = self.prepared_grad(p, p.grad, st, seen,
+                g = self.prepared_grad(p, p.grad, st, group,
                                        None if factor is None else factor[p.device])
-                if group.get("mars"):
-                    g = mars_corrected(g, st, MARS_BETA1, group["mars_gamma"],
-                                       self.slot_dtype(p, storage))
                 work, dims = layout(tuple(p.shape), group["merge_small"], group["max_dim"],
                                     group["precondition_1d"])
                 st["step"] = st.get("step", 0) + 1
@@ -159,6 +150,10 @@ class Shampoo(NativeOptimizer):
                 key = (work[d], wd, p.device, power, group["matrix_eps"],
                        group["matrix_power_method"])
                 roots.setdefault(key, []).append((st, f"precond{d}", acc))
+
+    def mars_beta1(self, group) -> float:
+        """MARS's :math:`\\beta_1`: Shampoo has no momentum, so the 0.9 MARS-AdamW uses."""
+        return 0.9
 
     def _accumulate_diagonal(self, group, p, g, st, storage, position) -> torch.Tensor:
         """Adagrad's :math:`\\sum g^2` (or its EMA); returns it in the compute dtype and stores

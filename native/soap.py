@@ -16,7 +16,6 @@ from optbridge.m.preconditioners._kron import contract, layout, outer
 
 from .base import STORAGE_DTYPES, NativeOptimizer
 from .matrix_groups import group_by
-from .matrix_mars import mars_corrected, without_mars
 
 
 def _shampoo_beta(v):
@@ -191,7 +190,8 @@ class SOAP(NativeOptimizer):
         for group, params in live:
             for p in params:
                 st = self.state[p]
-                g = self._gradient(p, st, group, None if factor is None else factor[p.device])
+                g = self.prepared_grad(p, p.grad, st, group,
+                                       None if factor is None else factor[p.device])
                 item = (group, p, g, st, self._layout(p, group))
                 (ready if "Q_ready" in st else fresh).append(item)
         if ready:
@@ -202,14 +202,6 @@ class SOAP(NativeOptimizer):
         if fresh:
             self._initialise(fresh)
         return loss
-
-    def _gradient(self, p, st, group, grad_factor) -> torch.Tensor:
-        """``prepared_grad``, MARS-corrected (:mod:`.matrix_mars`) when ``mars`` is on."""
-        if not group.get("mars"):
-            return self.prepared_grad(p, p.grad, st, group, grad_factor)
-        g = self.prepared_grad(p, p.grad, st, without_mars(group), grad_factor)
-        return mars_corrected(g, st, group["betas"][0], group["mars_gamma"],
-                              self.slot_dtype(p, self._storage(group)))
 
     @staticmethod
     def _storage(group) -> torch.dtype:

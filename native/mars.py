@@ -1,5 +1,4 @@
-"""The MARS gradient correction for the matrix optimizers (Muon, MuonLaProp, Shampoo, SOAP,
-PSGDKron).
+"""The MARS gradient correction of the native optimizers' ``mars`` flag.
 
 MARS (Yuan et al., 2024, "MARS: Unleashing the Power of Variance Reduction for Training Large
 Models", https://arxiv.org/abs/2411.10438) replaces the gradient by
@@ -7,11 +6,11 @@ Models", https://arxiv.org/abs/2411.10438) replaces the gradient by
 .. math::
     c_t = g_t + \\gamma \\frac{\\beta_1}{1-\\beta_1} (g_t - g_{t-1}),\\qquad c_1 = g_1
 
-with the same arithmetic as :meth:`.base.NativeOptimizer.prepared_grad`. The matrix optimizers
-keep Python-int step counts and choose :math:`\\beta_1` themselves (Muon's ``momentum``, PSGD's
-``beta``), so they
-call :meth:`prepared_grad` with ``mars`` off and correct here. The first step is the one where
-the ``mars_prev_grad`` slot does not exist yet (also when ``mars`` is switched on later).
+:meth:`.base.NativeOptimizer.prepared_grad` applies it with the optimizer's
+:meth:`~.base.NativeOptimizer.mars_beta1`. The previous gradient lives in the
+``mars_prev_grad`` slot, created at the first corrected step: that step is recognised by the
+slot not existing yet (no step count is read, so no host sync; also right when ``mars`` is
+switched on later).
 """
 
 from __future__ import annotations
@@ -19,11 +18,6 @@ from __future__ import annotations
 import torch
 
 PREV = "mars_prev_grad"
-
-
-def without_mars(group: dict) -> dict:
-    """``group`` as :meth:`prepared_grad` should see it when the caller applies MARS itself."""
-    return {**group, "mars": False} if group.get("mars") else group
 
 
 def mars_corrected(g: torch.Tensor, state: dict, beta1: float, gamma: float,
