@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import weakref
+from threading import get_ident
 
 import numpy as np
 import torch
 
-from optbridge.core.closure import CountedClosure
+from optbridge.core.closure import CountedClosure, check_loss
 from optbridge.core.context import StepContext
 from optbridge.core.module import Module
 
@@ -68,6 +69,7 @@ class SolverModule(Module):
         self._live_state = None
         self._at_best = False  # the parameters hold the best point (no restore needed)
         self._fast_ctx = None  # _EvalContext of the fast path, kept while the closure is the same
+        self._inline_eval = False  # set by _start
 
     @property
     def label(self) -> str:
@@ -130,6 +132,9 @@ class SolverModule(Module):
     def _start(self, ctx, x0: np.ndarray) -> None:
         solve = self._make_solve(ctx, x0)
         self._worker = worker = SolverWorker(solve, self.stop_exc, f"optbridge-{self.name}")
+        # the fast path may evaluate inline what _evaluate_point would (see fast_step)
+        self._inline_eval = (not self.uses_grad and self._cset is None
+                             and type(self)._value is SolverModule._value)
         self._finalizer = weakref.finalize(self, worker.close)
 
     def _sync_state(self, best_changed: bool = True) -> None:
@@ -211,37 +216,71 @@ class SolverModule(Module):
         elif not self._at_best:
             self._restore_params(flat, x_start)
 
-    def fast_step(self, optimizer, closure, params):
+    def fast_step(self, optimizer, closure):
         """The engine's fast path (``Modular._step``, this module alone in the chain): one
         evaluation of a solver paused at a point, without a :class:`StepContext`; returns the
         loss. Same semantics as :meth:`step` (counted closure, best point written back,
         termination); returns ``NotImplemented``, having changed nothing, whenever
         :meth:`step` has more to do (first step, restart after a load or reset, other
-        parameters, ``mode="solve"``)."""
-        pending, worker, gs = self._pending, self._worker, self.global_state
-        if pending is None or gs is not self._live_state or "evaluations" not in gs:
+        parameters taking part, complex parameters, ``reuse_evaluation``, ``mode="solve"``).
+
+        A derivative-free solver without constraints and with the plain :meth:`_value` (the
+        common case) evaluates and records the point inline, as :meth:`_evaluate_point` would:
+        at one evaluation per step each Python call saved shows in the per-evaluation
+        overhead."""
+        pending, gs, flat = self._pending, self.global_state, self._flat
+        if (pending is None or gs is not self._live_state or "evaluations" not in gs
+                or optimizer.reuse_evaluation or optimizer._has_complex
+                or not optimizer.takes_part_unchanged(flat.params)):
             return NotImplemented
-        flat, ctx = self._flat, self._fast_ctx
-        if ctx is None or ctx.params is not params or ctx.flat is not flat:
-            # (the engine hands the same list while the same tensors take part)
-            if not flat.matches(params):
-                return NotImplemented
-            ctx = None
-        worker.check_thread()  # before anything changes
+        worker = self._worker
+        if worker.thread != get_ident():
+            worker.check_thread()  # raises, before anything changes
+        for p in flat.params:
+            g = p.grad
+            if g is not None and g.is_sparse:
+                raise RuntimeError("Modular: sparse gradients are not supported")
+        ctx = self._fast_ctx
         if ctx is None or ctx.closure.fn is not closure or ctx.closure.counts is not optimizer.evals:
             counted = CountedClosure(closure, optimizer.evals, self._owner_name)
-            ctx = self._fast_ctx = _EvalContext(counted, params, flat)
+            ctx = self._fast_ctx = _EvalContext(counted, flat.params, flat)
         self._pending = None
-        x_start = None if self._best.x is not None else flat.read()
+        best = self._best
+        x_start = None if best.x is not None else flat.read()
+        x = pending[1]
         try:
-            loss = self._evaluate(ctx, flat, pending[1])
-            out = worker.next()
+            if not self._inline_eval:
+                loss, reply = self._evaluate_point(ctx, flat, x)
+            else:
+                flat.write(x)
+                counted = ctx.closure
+                if not counted.takes_backward:
+                    counted(False)  # raises ClosureError
+                loss = closure(False)  # CountedClosure(False) inlined
+                optimizer.evals.loss += 1
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    loss = check_loss(loss, self._owner_name(), False)
+                f = loss.item()
+                self._evaluations += 1
+                gs["evaluations"] = self._evaluations
+                # BestSeen.update at violation 0, then _sync_state
+                if math.isfinite(f) and (best.x is None or f < best.f or best.v > best.tol):
+                    best.x = bx = np.array(x, dtype=np.float64, copy=True)
+                    best.f, best.v = f, 0.0
+                    gs["best_f"], gs["best_violation"] = f, 0.0
+                    gs["best_x"] = torch.from_numpy(bx)
+                    self._at_best = True
+                else:
+                    self._at_best = False
+                reply = (f, None)
+            out = worker.send(reply)
         except BaseException:
             self.close()
             self._restore_params(flat, x_start)
             raise
         if out[0] == DONE:
-            step_ctx = StepContext(optimizer, params, params, None, ctx.closure, optimizer.num_steps)
+            step_ctx = StepContext(optimizer, flat.params, flat.params, None, ctx.closure,
+                                   optimizer.num_steps)
             step_ctx.module = self
             self._finish(step_ctx, flat, out[1], x_start)
         else:

@@ -35,6 +35,7 @@ class Budget:
         return None if self.limit is None else max(self.limit - self.used, 0)
 
     def take(self) -> None:
-        if self.exhausted:
+        used, limit = self.used, self.limit
+        if limit is not None and used >= limit:
             raise self.stop_exc("evaluation budget exhausted")
-        self.used += 1
+        self.used = used + 1

@@ -46,7 +46,7 @@ def _greenlet_module():
 class SolverWorker:
     """``solve(request)`` runs in a greenlet; ``request(payload) -> reply`` is its objective."""
 
-    __slots__ = ("_glet", "_getcurrent", "_in", "_stop_exc", "_thread", "_name", "closed",
+    __slots__ = ("_glet", "_getcurrent", "_in", "_stop_exc", "thread", "_name", "closed",
                  "finished")
 
     def __init__(self, solve, stop_exc: type[BaseException], name: str = "optbridge-solver"):
@@ -55,7 +55,7 @@ class SolverWorker:
         self._name = name
         self._in = None  # reply for the solver, sent by the next switch
         self._getcurrent = greenlet.getcurrent
-        self._thread = threading.get_ident()
+        self.thread = threading.get_ident()  # the thread it belongs to
         self.closed = False
         self.finished = False
         self._glet = greenlet.greenlet(self._runner(solve))
@@ -81,7 +81,7 @@ class SolverWorker:
     # -------------------------------------------------------------------------- caller side
     def check_thread(self) -> None:
         """``RuntimeError`` unless called from the thread that created the worker."""
-        if threading.get_ident() != self._thread:
+        if threading.get_ident() != self.thread:
             raise RuntimeError(
                 f"{self._name}: the solver was started in another thread and cannot be resumed "
                 f"here (a greenlet belongs to its thread); step it from the thread that started "
@@ -100,9 +100,17 @@ class SolverWorker:
         """Run the solver until it asks for a point, ``(POINT, payload)``, or finishes,
         ``(DONE, (result, exception))``; the solver's pending request gets the last
         :meth:`reply`."""
-        self._adopt()
         reply, self._in = self._in, None
-        out = self._glet.switch(reply)
+        return self.send(reply)
+
+    def send(self, reply):
+        """:meth:`reply` then :meth:`next`, in one call: the solver's pending request returns
+        ``reply`` and the solver runs to its next request or its end."""
+        glet = self._glet
+        if glet.parent is not self._getcurrent():
+            self._adopt()  # another greenlet of this thread (or another thread: RuntimeError)
+        self._in = None
+        out = glet.switch(reply)
         if out[0] == DONE:
             self.finished = True
         return out

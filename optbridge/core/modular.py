@@ -247,6 +247,20 @@ class Modular(torch.optim.Optimizer):
         self._gathered = (selector, keys, spans, counts)
         return self._real_views(keys), keys, spans
 
+    def takes_part_unchanged(self, keys: list) -> bool:
+        """Whether exactly ``keys``, in this order, are the parameters requiring grad in the
+        param groups (what ``_gather`` would return), checked without building lists: the
+        fast path's test that a step may reuse what the previous one set up."""
+        n = len(keys)
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    if i == n or p is not keys[i]:
+                        return False
+                    i += 1
+        return i == n
+
     def _real_views(self, keys: list) -> list:
         """``keys`` with complex parameters seen as real (``view_as_real``, made afresh each
         step: a view would not follow a later ``.data`` assignment)."""
@@ -282,6 +296,17 @@ class Modular(torch.optim.Optimizer):
         grad_was_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
+            solo = self._solo_fast_module
+            if solo is not None and closure is not None:
+                # Fast path for a module alone in the chain: ``solo.fast_step(self, closure)``
+                # runs the whole step without a StepContext (it checks that the same tensors
+                # take part with ``takes_part_unchanged``, counts its closure evaluations in
+                # ``self.evals`` and applies no update) and returns the loss, or
+                # ``NotImplemented``, having changed nothing, to take the full step.
+                loss = solo.fast_step(self, closure)
+                if loss is not NotImplemented:
+                    self.num_steps += 1
+                    return loss
             return self._step(closure)
         finally:
             torch._C._set_grad_enabled(grad_was_enabled)
@@ -289,27 +314,11 @@ class Modular(torch.optim.Optimizer):
     @functools.cached_property
     def _solo_fast_module(self):
         """The chain's only module when it has a ``fast_step`` (callback-driven solvers), else
-        None; see :meth:`_step`."""
+        None; see :meth:`step`."""
         mods = list(self.chain.children.values())
         return mods[0] if len(mods) == 1 and getattr(mods[0], "fast_step", None) else None
 
     def _step(self, closure):
-        solo = self._solo_fast_module
-        if solo is not None and closure is not None and not self.reuse_evaluation \
-                and not self._has_complex:
-            # Fast path for a module alone in the chain: ``solo.fast_step(self, closure,
-            # params)`` runs the whole step without a StepContext (it counts its closure
-            # evaluations in ``self.evals`` and applies no update) and returns the loss, or
-            # ``NotImplemented``, having changed nothing, to take the full path below.
-            params, keys, _ = self._gather(_requires_grad)
-            for p in keys:
-                g = p.grad
-                if g is not None and g.is_sparse:
-                    raise RuntimeError("Modular: sparse gradients are not supported")
-            loss = solo.fast_step(self, closure, params)
-            if loss is not NotImplemented:
-                self.num_steps += 1
-                return loss
         counted = None
         ctx = StepContext(self, None, None, None, None, self.num_steps)
         needs_grad = self.chain.needs_grad
