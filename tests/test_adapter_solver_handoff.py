@@ -311,3 +311,112 @@ def test_fast_path_keeps_step_hooks():
     while not opt.terminated:
         opt.step(closure)
     assert seen == ["pre", "post"] * 8 and taken.count(True) == 7 and opt.evals.loss == 8
+
+
+def _with_bad_values(bad: dict):
+    """A closure factory for ``_run_recorded``: Rosenbrock, but the evaluations numbered in
+    ``bad`` (0-based) return the value given there (NaN, inf)."""
+    def factory(params, pts):
+        good = make_closure(params, record=pts)
+
+        def closure(backward=True):
+            loss = good(backward)
+            v = bad.get(len(pts) - 1)
+            return loss if v is None else torch.tensor(v, dtype=torch.float64)
+        return closure
+    return factory
+
+
+@pytest.mark.parametrize("bad", [{0: float("nan"), 1: float("inf"), 4: float("nan")},
+                                 {3: float("-inf"), 5: float("nan")}])
+def test_fast_path_non_finite_values_match_the_full_step(bad):
+    make = lambda: NLopt("LN_BOBYQA", budget=15)  # noqa: E731
+    fast = _run_recorded(make, make_params(), reuse=False, closure_fn=_with_bad_values(bad))
+    full = _run_recorded(make, make_params(), reuse=True, closure_fn=_with_bad_values(bad))
+    assert fast[3].count(True) == len(fast[0]) - 1
+    np.testing.assert_array_equal(np.array(fast[0]), np.array(full[0]))
+    np.testing.assert_equal(fast[1], full[1])
+    for a, b in zip(fast[2].param_groups[0]["params"], full[2].param_groups[0]["params"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    finite = [(v, i) for i, v in enumerate(fast[1]) if np.isfinite(v)]
+    best_value, best_index = min(finite)
+    m = fast[2].modules[0]
+    assert m.best_value == best_value
+    np.testing.assert_array_equal(m.global_state["best_x"].numpy(), fast[0][best_index])
+
+
+def test_fast_path_while_nothing_is_finite_keeps_the_start_point():
+    params = make_params()
+    start = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+    pts, taken = [], []
+    opt = optbridge.Modular(params, _spied(NLopt("LN_BOBYQA", budget=10), taken))
+    closure = _with_bad_values({i: float("nan") for i in range(4)})(params, pts)
+    for _ in range(4):
+        opt.step(closure)
+        torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in params]), start,
+                                   rtol=0, atol=0)
+    assert taken.count(True) == 3 and opt.modules[0].global_state["best_x"] is None
+
+
+def test_fast_path_sees_a_parameter_leaving_or_joining():
+    params = make_params()
+    opt = optbridge.Modular(params, NLopt("LN_BOBYQA", budget=30))
+    closure = make_closure(params)
+    for _ in range(3):
+        opt.step(closure)
+    assert opt.takes_part_unchanged(list(params))
+    params[1].requires_grad_(False)
+    assert not opt.takes_part_unchanged(list(params))
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"NLopt: the parameters taking part changed size \(3 -> 2\)"):
+        opt.step(closure)
+    for p, b in zip(params, before):
+        torch.testing.assert_close(p.detach(), b, rtol=0, atol=0)
+    params[1].requires_grad_(True)
+    opt.step(closure)  # the same tensors again: the solver goes on
+    extra = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt.add_param_group({"params": [extra]})
+    assert not opt.takes_part_unchanged(list(params))
+    with pytest.raises(ValueError, match=r"changed size \(3 -> 4\)"):
+        opt.step(closure)
+
+
+def test_fast_path_closure_without_backward_argument_fails_and_restores_the_best_point():
+    from optbridge.core.closure import ClosureError
+
+    params = make_params()
+    opt = optbridge.Modular(params, NLopt("LN_BOBYQA", budget=30))
+    closure = make_closure(params)
+    for _ in range(5):
+        opt.step(closure)
+    m = opt.modules[0]
+    best = m.global_state["best_x"].clone()
+    with pytest.raises(ClosureError, match="NLopt: needs a loss-only evaluation"):
+        opt.step(lambda: closure(False))
+    torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in params]), best,
+                               rtol=0, atol=0)
+    assert opt.evals.loss == 5 and m.evaluations == 5
+
+
+@pytest.mark.parametrize("module", ["NLopt", "Scipy"])
+def test_solver_buffers_are_not_kept_or_handed_to_torch_read_only(module):
+    """The point is passed from the solver without a copy: the parameters (float32, so the
+    general write path) receive it without torch's read-only warning, and the best point
+    kept is a copy that later solver iterations do not change."""
+    import warnings
+
+    a = torch.nn.Parameter(torch.tensor([-1.2, 1.0], dtype=torch.float32))
+    b = torch.nn.Parameter(torch.tensor([0.5], dtype=torch.float32))
+    make = (lambda: NLopt("LN_BOBYQA", budget=40)) if module == "NLopt" else \
+        (lambda: Scipy("Nelder-Mead", budget=40))
+    opt = optbridge.Modular([a, b], make())
+    closure = make_closure([a, b])
+    bests = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        while not opt.terminated:
+            opt.step(closure)
+            bx = opt.modules[0].global_state["best_x"]
+            bests.append((bx, bx.clone()))
+    for kept, snapshot in bests:
+        torch.testing.assert_close(kept, snapshot, rtol=0, atol=0)

@@ -111,7 +111,9 @@ class SolverModule(Module):
     def _build(self, x0: np.ndarray, limits, budget: Budget):
         """Return ``solve(request)``, run in the worker's greenlet. ``request(x)`` returns
         ``(f, grad)`` (grad None unless ``uses_grad``); ``solve`` must call ``budget.take()``
-        before each request and must hold no reference to ``self``."""
+        before each request and must hold no reference to ``self``. ``x`` may be the solver's
+        own float64 buffer, even a read-only one: it is read only until ``request`` returns
+        (the module copies what it keeps), while the solver waits for the reply."""
         raise NotImplementedError
 
     def _outcome(self, result, exc) -> str:
@@ -285,8 +287,12 @@ class SolverModule(Module):
             self._finish(step_ctx, flat, out[1], x_start)
         else:
             self._pending = out  # (POINT, x)
-            if not self._at_best:
-                self._restore_params(flat, x_start)
+            if not self._at_best:  # _restore_params, inlined
+                if best.x is not None:
+                    flat.write(best.x)
+                    self._at_best = True
+                elif x_start is not None:
+                    flat.write(x_start)
         return loss
 
     def _owner_name(self) -> str:

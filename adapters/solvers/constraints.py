@@ -138,11 +138,11 @@ class ConstraintSet:
         self.ub = np.concatenate(ubs) if ubs else np.zeros(0)
 
     def values(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(x)
+        t = _own_tensor(x)
         return np.concatenate([p.value(t) for p in self.parts]) if self.parts else np.zeros(0)
 
     def jacobian(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(x)
+        t = _own_tensor(x)
         return np.concatenate([p.jacobian(t) for p in self.parts])
 
     # ------------------------------------------------------------------------ derived forms
@@ -208,3 +208,9 @@ def _np_jac(part):
     def jac(x):
         return part.jacobian(torch.from_numpy(np.array(x, dtype=np.float64)))
     return jac
+
+
+def _own_tensor(x: np.ndarray) -> torch.Tensor:
+    """A float64 tensor with its own copy of ``x`` (the solver's buffer may be read-only, and
+    the user's constraint must not be able to change the solver's point)."""
+    return torch.from_numpy(np.array(x, dtype=np.float64, copy=True))

@@ -48,7 +48,7 @@ class FlatParams:
             self._array[...] = x
             torch._C._increment_version(self._bump)
             return
-        src = torch.from_numpy(x)
+        src = torch.from_numpy(x if x.flags.writeable else x.copy())
         if len(self.views) == 1 and self.views[0] is not None:
             self.views[0].copy_(src)
             return

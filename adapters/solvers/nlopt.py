@@ -194,7 +194,7 @@ class NLopt(SolverModule):
         def solve(request):  # the worker's greenlet; holds no reference to the module
             def objective(x, grad):
                 budget.take()
-                f, g = request(np.array(x, dtype=np.float64, copy=True))
+                f, g = request(x)  # NLopt's read-only buffer, kept only until the reply
                 if grad.size > 0:
                     grad[:] = g
                 return f

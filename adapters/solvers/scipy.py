@@ -115,7 +115,7 @@ class Scipy(SolverModule):
         def solve(request):  # the worker's greenlet; holds no reference to the module
             def fun(x):
                 budget.take()
-                f, g = request(np.array(x, dtype=np.float64, copy=True))
+                f, g = request(x)  # kept only until the reply
                 return (f, g) if uses_grad else f
 
             return so.minimize(fun, x0, method=method, jac=True if uses_grad else None,
