@@ -67,6 +67,7 @@ class SolverModule(Module):
         self._best = BestSeen(tol=self.constraint_tol)
         self._evaluations = 0
         self._live_state = None
+        self._best_view = None  # (BestSeen.x, the tensor viewing it in global_state)
         self._at_best = False  # the parameters hold the best point (no restore needed)
         self._fast_ctx = None  # _EvalContext of the fast path, kept while the closure is the same
         self._inline_eval = False  # set by _start
@@ -140,16 +141,24 @@ class SolverModule(Module):
         self._finalizer = weakref.finalize(self, worker.close)
 
     def _sync_state(self, best_changed: bool = True) -> None:
-        """Mirror evaluations and the best point into ``global_state`` (checkpoints). The best
-        array is replaced, never mutated, by :class:`BestSeen`, so the tensor shares it."""
+        """Mirror evaluations and the best point into ``global_state`` (checkpoints).
+        ``best_x`` is a tensor view of :class:`BestSeen`'s buffer, which improvements overwrite
+        in place: the view is made again only when the buffer is a new one."""
         gs = self.global_state
         gs["evaluations"] = self._evaluations
         if not best_changed and gs is self._live_state:
             return
-        gs["best_f"] = self._best.f
-        gs["best_violation"] = self._best.v
-        bx = self._best.x
-        gs["best_x"] = None if bx is None else torch.from_numpy(bx)
+        best = self._best
+        gs["best_f"] = best.f
+        gs["best_violation"] = best.v
+        bx = best.x
+        if bx is None:
+            gs["best_x"] = None
+        else:
+            view = self._best_view
+            if view is None or view[0] is not bx or gs.get("best_x") is not view[1]:
+                self._best_view = view = (bx, torch.from_numpy(bx))
+            gs["best_x"] = view[1]
         self._live_state = gs
 
     def _restore(self, gs) -> None:
@@ -267,10 +276,12 @@ class SolverModule(Module):
                 gs["evaluations"] = self._evaluations
                 # BestSeen.update at violation 0, then _sync_state
                 if math.isfinite(f) and (best.x is None or f < best.f or best.v > best.tol):
-                    best.x = bx = np.array(x, dtype=np.float64, copy=True)
+                    bx = best.x
+                    best.store(x)
                     best.f, best.v = f, 0.0
                     gs["best_f"], gs["best_violation"] = f, 0.0
-                    gs["best_x"] = torch.from_numpy(bx)
+                    if best.x is not bx:
+                        self._sync_state()  # a new buffer: a new view of it
                     self._at_best = True
                 else:
                     self._at_best = False

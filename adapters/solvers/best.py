@@ -14,6 +14,10 @@ import numpy as np
 
 
 class BestSeen:
+    """``x`` is this object's own float64 buffer, overwritten in place by each improvement
+    (checkpoints share it through a tensor view, as torch optimizers' state tensors are
+    updated in place)."""
+
     __slots__ = ("x", "f", "v", "tol")
 
     def __init__(self, x=None, f: float = math.inf, v: float = 0.0, tol: float = 0.0):
@@ -35,7 +39,16 @@ class BestSeen:
                     return False
             elif self.v <= tol or not v < self.v:
                 return False
-        self.x = np.array(x, dtype=np.float64, copy=True)
+        self.store(x)
         self.f = f
         self.v = float(v)
         return True
+
+    def store(self, x) -> None:
+        """Copy ``x`` into the best-point buffer (kept, and updated in place, once it exists:
+        no allocation per improvement)."""
+        bx = self.x
+        if bx is not None and bx.shape == np.shape(x):
+            bx[...] = x
+        else:
+            self.x = np.array(x, dtype=np.float64, copy=True)
