@@ -171,6 +171,21 @@ def test_family_and_class_accepted_and_resolved_name():
         ng.optimizers.NGOpt(ng.p.Array(init=X0), budget=150)) != "NGOpt"
 
 
+def test_portfolio_resolved_name_lists_its_members():
+    m = Nevergrad("Portfolio", budget=100, seed=0)
+    params = make_params()
+    optbridge.Modular(params, m).step(make_closure(params))
+    direct = ng.optimizers.registry["Portfolio"](ng.p.Array(init=X0), budget=100)
+    # MetaCMA, like NGOpt, hands the work to the optimizer it selects (`.optim`)
+    members = [getattr(o, "optim", o).name for o in direct.optims]
+    assert len(members) == 3 and members != [o.name for o in direct.optims]
+    assert m.resolved_name == f"Portfolio[{', '.join(members)}]"
+    # minimize reports the same
+    res = optbridge.minimize(lambda x: float(np.sum(x ** 2)), X0, method="nevergrad:Portfolio",
+                             budget=30, seed=0)
+    assert res.resolved == m.resolved_name
+
+
 def test_numpy24_metamodel_crash_reproduced_without_patch(monkeypatch):
     from nevergrad.optimization import metamodel
 

@@ -254,9 +254,11 @@ class Nevergrad(SolverModule):
         self._sync_state()
 
 
-def resolved_name(optim) -> str:
+def resolved_name(optim, _depth: int = 0) -> str:
     """Name of the optimizer doing the work: follows ``.optim`` (NGOpt and other wrappers
-    choosing a sub-optimizer at construction) down to the innermost one."""
+    choosing a sub-optimizer at construction) down to the innermost one; a portfolio (an
+    optimizer sharing the budget among ``.optims``) is named with its members, resolved the
+    same way: ``"Portfolio[MetaCMA, TwoPointsDE, RandomSearch]"``."""
     from nevergrad.optimization.base import Optimizer
 
     seen = 0
@@ -265,7 +267,13 @@ def resolved_name(optim) -> str:
         if not isinstance(inner, Optimizer) or inner is optim:
             break
         optim, seen = inner, seen + 1
-    return getattr(optim, "name", type(optim).__name__)
+    name = getattr(optim, "name", type(optim).__name__)
+    members = getattr(optim, "optims", None)
+    if _depth < 3 and isinstance(members, (list, tuple)):
+        names = [resolved_name(m, _depth + 1) for m in members if isinstance(m, Optimizer)]
+        if names:
+            name = f"{name}[{', '.join(names)}]"
+    return name
 
 
 def _resolve_optimizer(ng, optimizer):
