@@ -29,6 +29,7 @@ from .flat import FlatParams, flatten
 from .worker import DONE, SolverWorker
 
 MODES = ("evaluation", "solve")
+_NEG_INF = -math.inf
 #: default feasibility tolerance of the best-point tracking under constraints
 FEASIBILITY_TOL = 1e-6
 
@@ -137,7 +138,8 @@ class SolverModule(Module):
         self._worker = worker = SolverWorker(solve, self.stop_exc, f"optbridge-{self.name}")
         # the fast path may evaluate inline what _evaluate_point would (see fast_step)
         self._inline_eval = (not self.uses_grad and self._cset is None
-                             and type(self)._value is SolverModule._value)
+                             and type(self)._value is SolverModule._value
+                             and self._best.v <= self._best.tol)
         self._finalizer = weakref.finalize(self, worker.close)
 
     def _sync_state(self, best_changed: bool = True) -> None:
@@ -269,19 +271,21 @@ class SolverModule(Module):
                     counted(False)  # raises ClosureError
                 loss = closure(False)  # CountedClosure(False) inlined
                 optimizer.evals.loss += 1
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                if type(loss) is not torch.Tensor or loss.numel() != 1:
                     loss = check_loss(loss, self._owner_name(), False)
                 f = loss.item()
-                self._evaluations += 1
-                gs["evaluations"] = self._evaluations
-                # BestSeen.update at violation 0, then _sync_state
-                if math.isfinite(f) and (best.x is None or f < best.f or best.v > best.tol):
+                gs["evaluations"] = self._evaluations = self._evaluations + 1
+                # BestSeen.update at violation 0 (the best point is feasible, or there is none
+                # and best.f is inf), then _sync_state
+                if _NEG_INF < f < best.f:
                     bx = best.x
-                    best.store(x)
-                    best.f, best.v = f, 0.0
-                    gs["best_f"], gs["best_violation"] = f, 0.0
-                    if best.x is not bx:
-                        self._sync_state()  # a new buffer: a new view of it
+                    if bx is not None:
+                        bx[...] = x
+                    else:
+                        best.store(x)
+                        self._sync_state()  # the new buffer's view
+                    best.f = gs["best_f"] = f
+                    best.v = gs["best_violation"] = 0.0
                     self._at_best = True
                 else:
                     self._at_best = False

@@ -22,8 +22,8 @@ class BestSeen:
 
     def __init__(self, x=None, f: float = math.inf, v: float = 0.0, tol: float = 0.0):
         self.x = None if x is None else np.array(x, dtype=np.float64, copy=True)
-        self.f = float(f)
-        self.v = float(v)
+        self.f = float(f) if x is not None else math.inf  # no point: nothing to beat
+        self.v = float(v) if x is not None else 0.0
         self.tol = float(tol)
 
     def update(self, x, f: float, v: float = 0.0) -> bool:
@@ -48,7 +48,7 @@ class BestSeen:
         """Copy ``x`` into the best-point buffer (kept, and updated in place, once it exists:
         no allocation per improvement)."""
         bx = self.x
-        if bx is not None and bx.shape == np.shape(x):
+        if bx is not None and bx.shape == getattr(x, "shape", None):
             bx[...] = x
         else:
             self.x = np.array(x, dtype=np.float64, copy=True)
