@@ -230,7 +230,7 @@ class SolverModule(Module):
             self._restore_params(flat, x_start)
 
     def fast_step(self, optimizer, closure):
-        """The engine's fast path (``Modular._step``, this module alone in the chain): one
+        """The engine's fast path (``Modular.step``, this module alone in the chain): one
         evaluation of a solver paused at a point, without a :class:`StepContext`; returns the
         loss. Same semantics as :meth:`step` (counted closure, best point written back,
         termination); returns ``NotImplemented``, having changed nothing, whenever

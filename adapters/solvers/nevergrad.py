@@ -258,7 +258,8 @@ def resolved_name(optim, _depth: int = 0) -> str:
     """Name of the optimizer doing the work: follows ``.optim`` (NGOpt and other wrappers
     choosing a sub-optimizer at construction) down to the innermost one; a portfolio (an
     optimizer sharing the budget among ``.optims``) is named with its members, resolved the
-    same way: ``"Portfolio[MetaCMA, TwoPointsDE, RandomSearch]"``."""
+    same way: ``"Portfolio[CMAtuning, TwoPointsDE, ScrHammersleySearch]"`` (its MetaCMA member
+    runs CMAtuning there)."""
     from nevergrad.optimization.base import Optimizer
 
     seen = 0

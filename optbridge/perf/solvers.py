@@ -9,8 +9,8 @@ on 10 float64 parameters. Each timed block runs ``--evals`` evaluations:
 - ``direct``: the solver called directly (``nlopt.opt.optimize`` / ``scipy.optimize.minimize``)
   with a callback that evaluates ``loss(torch.from_numpy(x))`` (the same work as the closure);
 - ``greenlet handoff``: the same solve run in the adapters' :class:`SolverWorker` (a greenlet
-  of the calling thread), the caller evaluating each point it hands out (no ``Modular`` engine,
-  no module);
+  of the calling thread), the caller evaluating each point it hands out, uncopied (no
+  ``Modular`` engine, no module);
 - ``Modular stepwise``: ``Modular(params, NLopt(...)/Scipy(...))`` with one ``step(closure)``
   per evaluation (``mode="evaluation"``), the default use. A solver alone in the chain takes
   the engine's fast path (``SolverModule.fast_step``: no ``StepContext``);
@@ -23,7 +23,7 @@ on 10 float64 parameters. Each timed block runs ``--evals`` evaluations:
 All of them evaluate the same points (the adapters are bit-identical to the direct call). The
 overhead per evaluation is ``(t - t_direct) / evals``, ``t`` and ``t_direct`` taken in the same
 round (the median over rounds of that difference: the machine's slow spells shift both); its split: ``handoff`` = greenlet
-handoff - direct (two greenlet switches and the copy of the point), ``engine + module`` =
+handoff - direct (two greenlet switches), ``engine + module`` =
 Modular stepwise - greenlet handoff. Two clocks: ``wall`` (what the goal is about) and ``cpu``
 (process CPU time: the work added per evaluation, less sensitive to other processes; on a
 loaded machine wall times include waiting for a core). Everything runs in one thread: the
@@ -109,7 +109,7 @@ def greenlet_handoff(solve):
         pass
 
     def handed_off(request):
-        solve(lambda x: request(np.array(x, dtype=np.float64, copy=True)))
+        solve(request)  # the point as the solver passes it, as the adapters do
 
     def run():
         w = SolverWorker(handed_off, _Stop)
