@@ -210,3 +210,34 @@ def test_constraint_size_mismatch_fails_before_evaluating():
     with pytest.raises(ValueError, match=r"NLopt: constraints\[0\] returns 2 values"):
         opt.step(lambda backward=True: calls.append(1) or (p ** 2).sum())
     assert calls == [] and torch.equal(p.detach(), torch.tensor(X0))
+
+
+@pytest.mark.parametrize("make", [
+    lambda con: NLopt("LN_COBYLA", budget=60, constraints=con),
+    lambda con: Scipy("SLSQP", budget=60, constraints=con),
+])
+def test_constraint_functions_run_in_the_callers_context(make):
+    """Constraint functions are called from inside the paused solver (a greenlet), which would
+    start in an empty ``contextvars`` context: they see the caller's context variables, and what
+    they set is seen by the caller, as with a direct call."""
+    import contextvars
+
+    offset = contextvars.ContextVar("offset")
+    calls = contextvars.ContextVar("calls", default=0)
+    seen = []
+
+    def line(x):
+        seen.append(offset.get(None))
+        calls.set(calls.get() + 1)
+        return x[0] + x[1] - offset.get()
+
+    def stepped():
+        offset.set(1.0)
+        pts, opt, x = run(make({"type": "ineq", "fun": line}))
+        return opt, x, calls.get()
+
+    opt, x, n_calls = contextvars.copy_context().run(stepped)
+    assert seen and all(v == 1.0 for v in seen)
+    assert n_calls == len(seen)  # the constraint's sets reached the caller's context
+    assert calls.get() == 0  # and only that context
+    np.testing.assert_allclose(x, OPT, atol=1e-4)

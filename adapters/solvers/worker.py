@@ -11,6 +11,9 @@ wake-up, no scheduler in the loop (a switch costs about a microsecond), and the 
 deterministic as a direct call. Thread-local state (NLopt's random generator seeded by
 ``nlopt.srand``, torch's grad mode) is the calling thread's, as in a direct call; two
 stepwise solvers advanced alternately in one thread therefore share NLopt's random stream.
+A greenlet would start in an empty ``contextvars`` context: each switch into the solver hands
+it the caller's current context instead, so the solver's callbacks (constraint functions)
+see and set the caller's context variables, as in a direct call.
 
 A greenlet belongs to the thread that created it: :meth:`SolverWorker.next` called from
 another thread raises ``RuntimeError`` (nothing is changed; resume from the first thread, or
@@ -107,8 +110,12 @@ class SolverWorker:
         """:meth:`reply` then :meth:`next`, in one call: the solver's pending request returns
         ``reply`` and the solver runs to its next request or its end."""
         glet = self._glet
-        if glet.parent is not self._getcurrent():
+        current = self._getcurrent()
+        if glet.parent is not current:
             self._adopt()  # another greenlet of this thread (or another thread: RuntimeError)
+        context = current.gr_context
+        if glet.gr_context is not context:
+            glet.gr_context = context  # the solver's callbacks see the caller's context
         self._in = None
         out = glet.switch(reply)
         if out[0] == DONE:
