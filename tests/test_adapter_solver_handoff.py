@@ -20,6 +20,11 @@ from test_adapter_nlopt import direct_points, make_closure, make_params, rosen
 from test_adapter_scipy_solver import direct_points as scipy_direct_points
 
 
+def flat_x(params) -> torch.Tensor:
+    """The parameters' current values as one vector (the solver's view)."""
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
 class _Stop(Exception):
     pass
 
@@ -293,7 +298,7 @@ def test_fast_path_uses_a_new_closure_and_restores_the_best_point_on_errors():
         return torch.zeros(2, dtype=torch.float64)
     with pytest.raises(ValueError, match="NLopt: the closure returned a tensor of shape"):
         opt.step(bad_shape)
-    x = torch.cat([p.detach().reshape(-1) for p in params])
+    x = flat_x(params)
     torch.testing.assert_close(x, best, rtol=0, atol=0)  # back at the best point
     assert m._worker is None  # the solver was stopped; the next step restarts it
 
@@ -347,13 +352,13 @@ def test_fast_path_non_finite_values_match_the_full_step(bad):
 
 def test_fast_path_while_nothing_is_finite_keeps_the_start_point():
     params = make_params()
-    start = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+    start = flat_x(params).clone()
     pts, taken = [], []
     opt = optbridge.Modular(params, _spied(NLopt("LN_BOBYQA", budget=10), taken))
     closure = _with_bad_values({i: float("nan") for i in range(4)})(params, pts)
     for _ in range(4):
         opt.step(closure)
-        torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in params]), start,
+        torch.testing.assert_close(flat_x(params), start,
                                    rtol=0, atol=0)
     assert taken.count(True) == 3 and opt.modules[0].global_state["best_x"] is None
 
@@ -393,7 +398,7 @@ def test_fast_path_closure_without_backward_argument_fails_and_restores_the_best
     best = m.global_state["best_x"].clone()
     with pytest.raises(ClosureError, match="NLopt: needs a loss-only evaluation"):
         opt.step(lambda: closure(False))
-    torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in params]), best,
+    torch.testing.assert_close(flat_x(params), best,
                                rtol=0, atol=0)
     assert opt.evals.loss == 5 and m.evaluations == 5
 

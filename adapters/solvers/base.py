@@ -256,7 +256,7 @@ class SolverModule(Module):
         ctx = self._fast_ctx
         if ctx is None or ctx.closure.fn is not closure or ctx.closure.counts is not optimizer.evals:
             counted = CountedClosure(closure, optimizer.evals, self._owner_name)
-            ctx = self._fast_ctx = _EvalContext(counted, flat.params, flat)
+            ctx = self._fast_ctx = _EvalContext(counted, flat.params)
         self._pending = None
         best = self._best
         x_start = None if best.x is not None else flat.read()
@@ -384,10 +384,10 @@ class _EvalContext:
     """What :meth:`SolverModule._value` reads from a step context, for the fast path: the
     counted closure and the gradients of the parameters (no complex ones on that path)."""
 
-    __slots__ = ("closure", "params", "flat")
+    __slots__ = ("closure", "params")
 
-    def __init__(self, closure: CountedClosure, params: list, flat: FlatParams):
-        self.closure, self.params, self.flat = closure, params, flat
+    def __init__(self, closure: CountedClosure, params: list):
+        self.closure, self.params = closure, params
 
     def read_grads(self) -> list:
         return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]

@@ -103,8 +103,7 @@ class SolverWorker:
         """Run the solver until it asks for a point, ``(POINT, payload)``, or finishes,
         ``(DONE, (result, exception))``; the solver's pending request gets the last
         :meth:`reply`."""
-        reply, self._in = self._in, None
-        return self.send(reply)
+        return self.send(self._in)
 
     def send(self, reply):
         """:meth:`reply` then :meth:`next`, in one call: the solver's pending request returns
